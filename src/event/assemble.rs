@@ -1,0 +1,329 @@
+//! Transaction assembly: decoded pgoutput messages in, [`Item`]s out.
+//!
+//! With protocol version 1 PostgreSQL sends a transaction only once it has committed, as
+//! `Begin, (Relation | Type | Origin | change)*, Commit`. Changes are emitted as they arrive —
+//! nothing is buffered per transaction — and the Commit becomes an [`Item::TxEnd`] carrying the
+//! end LSN that may be confirmed once every message produced before it is acknowledged.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::decode::{Message, OldTuple, ReplicaIdentity, TupleData, TupleValue};
+use crate::lsn::Lsn;
+
+use super::value::{TypeMap, convert, type_map};
+use super::{Action, ChangeEvent, MessageBody, Row, Value};
+
+/// What the assembler hands on, in WAL order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Item {
+    Change(ChangeEvent),
+    /// A transaction ended; its end LSN is safe to confirm after everything before it.
+    TxEnd(Lsn),
+}
+
+/// A stream that does not follow the protocol. Never caused by row contents.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EventError {
+    #[error("pgoutput sent a change for relation {0} before describing it in a Relation message")]
+    UnknownRelation(u32),
+    #[error("{table}: the change has {got} columns but the Relation message announced {expected}")]
+    ColumnCount { table: String, expected: usize, got: usize },
+    #[error("{table}.{column}: a binary-format value arrived, but text format was requested")]
+    BinaryValue { table: String, column: String },
+    #[error("a {0} message arrived outside a transaction")]
+    OutsideTransaction(&'static str),
+    #[error("a Begin arrived inside an open transaction")]
+    NestedBegin,
+}
+
+/// A value whose text did not parse as its type: published as text, reported once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadValue {
+    pub table: String,
+    pub column: String,
+    pub type_oid: u32,
+}
+
+struct ColumnInfo {
+    name: Arc<str>,
+    map: TypeMap,
+    type_oid: u32,
+    is_key: bool,
+}
+
+struct RelationInfo {
+    schema: Arc<str>,
+    table: Arc<str>,
+    identity: ReplicaIdentity,
+    columns: Vec<ColumnInfo>,
+}
+
+struct OpenTx {
+    commit_lsn: Lsn,
+    xid: u32,
+    commit_time: i64,
+    next_ordinal: u32,
+}
+
+/// Turns decoded messages into events; owns the relation cache.
+#[derive(Default)]
+pub struct Assembler {
+    relations: HashMap<u32, Arc<RelationInfo>>,
+    tx: Option<OpenTx>,
+    /// Values that failed to parse since the last [`Assembler::take_bad_values`].
+    bad_values: Vec<BadValue>,
+}
+
+impl Assembler {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether a transaction is open (between Begin and Commit).
+    pub fn in_transaction(&self) -> bool {
+        self.tx.is_some()
+    }
+
+    /// Values that did not parse as their type since the last call (for logging and metrics).
+    pub fn take_bad_values(&mut self) -> Vec<BadValue> {
+        std::mem::take(&mut self.bad_values)
+    }
+
+    /// Forget the open transaction (after a reconnect the server resends it whole).
+    pub fn reset_transaction(&mut self) {
+        self.tx = None;
+    }
+
+    /// Apply one message, pushing what it produces onto `out`.
+    pub fn apply(&mut self, msg: Message, out: &mut Vec<Item>) -> Result<(), EventError> {
+        match msg {
+            Message::Begin(b) => {
+                if self.tx.is_some() {
+                    return Err(EventError::NestedBegin);
+                }
+                self.tx = Some(OpenTx {
+                    commit_lsn: Lsn(b.final_lsn),
+                    xid: b.xid,
+                    commit_time: b.commit_time,
+                    next_ordinal: 0,
+                });
+            }
+            Message::Commit(c) => {
+                self.tx.take().ok_or(EventError::OutsideTransaction("Commit"))?;
+                out.push(Item::TxEnd(Lsn(c.end_lsn)));
+            }
+            Message::Relation(r) => {
+                let columns = r
+                    .columns
+                    .into_iter()
+                    .map(|c| ColumnInfo {
+                        name: c.name.into(),
+                        map: type_map(c.type_oid),
+                        type_oid: c.type_oid,
+                        is_key: c.is_key,
+                    })
+                    .collect();
+                let info = RelationInfo {
+                    schema: r.namespace.into(),
+                    table: r.name.into(),
+                    identity: r.replica_identity,
+                    columns,
+                };
+                self.relations.insert(r.oid, Arc::new(info));
+            }
+            Message::Type(_) | Message::Origin(_) => {}
+            Message::Insert(i) => {
+                let rel = self.relation(i.relation_oid)?;
+                let data = self.row(&rel, &i.new, None)?;
+                self.push_change(&rel, Action::Insert, data, Row::default(), Vec::new(), out)?;
+            }
+            Message::Update(u) => {
+                let rel = self.relation(u.relation_oid)?;
+                let old_full = match &u.old {
+                    Some(OldTuple::Full(t)) => Some(t),
+                    _ => None,
+                };
+                let mut unchanged = Vec::new();
+                let data = self.row(&rel, &u.new, Some((old_full, &mut unchanged)))?;
+                let data_old = match &u.old {
+                    Some(old) => self.old_row(&rel, old)?,
+                    // No old tuple: the key did not change, so the new row's key columns are the
+                    // old ones (what REPLICA IDENTITY DEFAULT/INDEX provides).
+                    None if rel.identity != ReplicaIdentity::Nothing => Row(data
+                        .0
+                        .iter()
+                        .zip(&rel.columns)
+                        .filter(|(_, c)| c.is_key)
+                        .map(|(kv, _)| kv.clone())
+                        .collect()),
+                    None => Row::default(),
+                };
+                self.push_change(&rel, Action::Update, data, data_old, unchanged, out)?;
+            }
+            Message::Delete(d) => {
+                let rel = self.relation(d.relation_oid)?;
+                let data_old = self.old_row(&rel, &d.old)?;
+                self.push_change(&rel, Action::Delete, Row::default(), data_old, Vec::new(), out)?;
+            }
+            Message::Truncate(t) => {
+                for oid in t.relation_oids {
+                    let rel = self.relation(oid)?;
+                    self.push_change(&rel, Action::Truncate, Row::default(), Row::default(), Vec::new(), out)?;
+                }
+            }
+            Message::Message(m) => {
+                let body = MessageBody {
+                    transactional: m.transactional,
+                    prefix: m.prefix,
+                    content: m.content,
+                };
+                let (commit_lsn, xid, commit_time, ordinal) = match (&mut self.tx, m.transactional) {
+                    (Some(tx), true) => {
+                        let ordinal = tx.next_ordinal;
+                        tx.next_ordinal += 1;
+                        (tx.commit_lsn, tx.xid, tx.commit_time, ordinal)
+                    }
+                    // A non-transactional message stands alone: its own LSN identifies it.
+                    _ => (Lsn(m.lsn), 0, 0, 0),
+                };
+                out.push(Item::Change(ChangeEvent {
+                    commit_lsn,
+                    ordinal,
+                    xid,
+                    commit_time,
+                    schema: Arc::from(""),
+                    table: Arc::from(""),
+                    action: Action::Message,
+                    data: Row::default(),
+                    data_old: Row::default(),
+                    unchanged_toast: Vec::new(),
+                    message: Some(body),
+                }));
+            }
+        }
+        Ok(())
+    }
+
+    fn relation(&self, oid: u32) -> Result<Arc<RelationInfo>, EventError> {
+        self.relations
+            .get(&oid)
+            .cloned()
+            .ok_or(EventError::UnknownRelation(oid))
+    }
+
+    fn push_change(
+        &mut self,
+        rel: &RelationInfo,
+        action: Action,
+        data: Row,
+        data_old: Row,
+        unchanged_toast: Vec<Arc<str>>,
+        out: &mut Vec<Item>,
+    ) -> Result<(), EventError> {
+        let tx = self
+            .tx
+            .as_mut()
+            .ok_or(EventError::OutsideTransaction(action.as_str()))?;
+        let ordinal = tx.next_ordinal;
+        tx.next_ordinal += 1;
+        out.push(Item::Change(ChangeEvent {
+            commit_lsn: tx.commit_lsn,
+            ordinal,
+            xid: tx.xid,
+            commit_time: tx.commit_time,
+            schema: rel.schema.clone(),
+            table: rel.table.clone(),
+            action,
+            data,
+            data_old,
+            unchanged_toast,
+            message: None,
+        }));
+        Ok(())
+    }
+
+    /// Convert a new-row tuple. `toast`: the old full row (if sent) and where to list columns
+    /// whose unchanged TOASTed value was withheld.
+    fn row(
+        &mut self,
+        rel: &RelationInfo,
+        tuple: &TupleData,
+        mut toast: Option<(Option<&TupleData>, &mut Vec<Arc<str>>)>,
+    ) -> Result<Row, EventError> {
+        check_width(rel, tuple)?;
+        let mut row = Vec::with_capacity(tuple.0.len());
+        for (i, (value, col)) in tuple.0.iter().zip(&rel.columns).enumerate() {
+            let value = match value {
+                TupleValue::UnchangedToast => {
+                    let from_old = toast.as_ref().and_then(|(old, _)| old.and_then(|o| o.0.get(i)));
+                    match from_old {
+                        Some(old @ (TupleValue::Text(_) | TupleValue::Null)) => self.value(rel, col, old)?,
+                        _ => {
+                            if let Some((_, names)) = toast.as_mut() {
+                                names.push(col.name.clone());
+                            }
+                            continue;
+                        }
+                    }
+                }
+                other => self.value(rel, col, other)?,
+            };
+            row.push((col.name.clone(), value));
+        }
+        Ok(Row(row))
+    }
+
+    fn old_row(&mut self, rel: &RelationInfo, old: &OldTuple) -> Result<Row, EventError> {
+        let (tuple, key_only) = match old {
+            OldTuple::Key(t) => (t, true),
+            OldTuple::Full(t) => (t, false),
+        };
+        check_width(rel, tuple)?;
+        let mut row = Vec::new();
+        for (value, col) in tuple.0.iter().zip(&rel.columns) {
+            if (key_only && !col.is_key) || matches!(value, TupleValue::UnchangedToast) {
+                continue;
+            }
+            let value = self.value(rel, col, value)?;
+            row.push((col.name.clone(), value));
+        }
+        Ok(Row(row))
+    }
+
+    fn value(&mut self, rel: &RelationInfo, col: &ColumnInfo, value: &TupleValue) -> Result<Value, EventError> {
+        match value {
+            TupleValue::Null | TupleValue::UnchangedToast => Ok(Value::Null),
+            TupleValue::Binary(_) => Err(EventError::BinaryValue {
+                table: rel.table.to_string(),
+                column: col.name.to_string(),
+            }),
+            TupleValue::Text(bytes) => {
+                let text = String::from_utf8_lossy(bytes);
+                convert(col.map, &text).or_else(|kept| {
+                    self.bad_values.push(BadValue {
+                        table: format!("{}.{}", rel.schema, rel.table),
+                        column: col.name.to_string(),
+                        type_oid: col.type_oid,
+                    });
+                    Ok(kept)
+                })
+            }
+        }
+    }
+}
+
+fn check_width(rel: &RelationInfo, tuple: &TupleData) -> Result<(), EventError> {
+    if tuple.0.len() != rel.columns.len() {
+        return Err(EventError::ColumnCount {
+            table: format!("{}.{}", rel.schema, rel.table),
+            expected: rel.columns.len(),
+            got: tuple.0.len(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[path = "assemble_tests.rs"]
+mod tests;

@@ -1,0 +1,35 @@
+//! # wal-listener
+//!
+//! Streams PostgreSQL row changes (logical decoding with the built-in `pgoutput` plugin) into
+//! NATS JetStream. A Lua script decides, per event, whether it is published, on which subject,
+//! with which payload and headers; without one, the built-in default script applies the Go
+//! wal-listener's YAML table/action filter.
+//!
+//! ```text
+//! PostgreSQL walsender ──XLogData──▶ source ──bytes──▶ decode ──messages──▶ event ──ChangeEvent──▶ script ──messages──▶ publish ──PubAck──▶ ack
+//!         ▲                                                                                                                              │
+//!         └──────────────────────────── standby status update (confirmed LSN) ◀── feedback ◀──────── flushed LSN (in commit order) ◀──────┘
+//! ```
+//!
+//! ## The invariant
+//!
+//! **PostgreSQL is told an LSN is flushed only when every message produced by every change at
+//! or before it has been acknowledged by JetStream.** Everything else serves it: the ack window
+//! ([`ack`]) releases a transaction's end LSN only after all earlier acks; after any failure the
+//! pipeline resumes from the slot's confirmed LSN; replayed changes carry the same
+//! deterministic `Nats-Msg-Id` ([`event::event_id`]) so JetStream stores each change once.
+//!
+//! Modules, in data-flow order: [`source`] (replication connection), [`decode`] (pgoutput
+//! bytes → messages), [`event`] (messages → [`event::ChangeEvent`]s), [`script`] (Lua routing),
+//! [`publish`] (NATS), [`ack`] (ordered acknowledgements), wired together by [`app`].
+
+pub mod ack;
+pub mod app;
+pub mod config;
+pub mod decode;
+pub mod event;
+pub mod lsn;
+pub mod publish;
+pub mod script;
+pub mod source;
+pub mod telemetry;

@@ -1,0 +1,274 @@
+//! The `wal-listener` command: `run` (the default), `check` and `route`.
+//!
+//! Configuration and logging are set up before the runtime starts; any failure prints one
+//! readable line and exits non-zero (1: the service failed, 2: bad configuration or usage).
+
+use std::io::{BufRead, Read};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use wal_listener::config::Config;
+use wal_listener::event::{self, ChangeEvent};
+use wal_listener::publish;
+use wal_listener::script::Router;
+use wal_listener::{app, telemetry};
+
+#[derive(Parser)]
+#[command(
+    name = "wal-listener",
+    version,
+    about = "PostgreSQL changes → NATS JetStream, routed by Lua scripts"
+)]
+struct Cli {
+    /// Configuration file.
+    #[arg(short, long, global = true, default_value = "config.yml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service (the default).
+    Run,
+    /// Validate the configuration and compile the routing script.
+    Check {
+        /// Also reach PostgreSQL and NATS.
+        #[arg(long)]
+        connect: bool,
+    },
+    /// Run the routing script on events (a JSON object or JSON lines) and print the messages.
+    Route {
+        /// File with events, or - for standard input.
+        #[arg(long)]
+        event: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (config, warnings) = match Config::load(&cli.config) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            eprintln!("wal-listener: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => run(config, &warnings),
+        Command::Check { connect } => check(&config, &warnings, connect),
+        Command::Route { event } => route(&config, &event),
+    }
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()
+}
+
+fn run(config: Config, warnings: &[String]) -> ExitCode {
+    telemetry::init(&config.logger);
+    for warning in warnings {
+        tracing::warn!("{warning}");
+    }
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        slot = %config.listener.slot_name,
+        publication = %config.listener.publication,
+        database = %format!("{}@{}:{}/{}", config.database.user, config.database.host, config.database.port, config.database.name),
+        nats = %config.publisher.address,
+        topic = %config.publisher.topic,
+        "starting wal-listener"
+    );
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("wal-listener: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(watch_signals(shutdown.clone()));
+        app::run(config, shutdown).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "wal-listener stopped");
+            eprintln!("wal-listener: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// SIGTERM and SIGINT cancel `shutdown`.
+async fn watch_signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; stop the process with SIGKILL");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+    shutdown.cancel();
+}
+
+fn check(config: &Config, warnings: &[String], connect: bool) -> ExitCode {
+    for warning in warnings {
+        println!("warning: {warning}");
+    }
+    let mut ok = true;
+    match Router::from_config(config) {
+        Ok(router) => println!("ok: script {} compiles and defines route(event)", router.name()),
+        Err(e) => {
+            println!("error: scripts.path: {e}");
+            ok = false;
+        }
+    }
+    if connect {
+        match runtime() {
+            Ok(rt) => ok &= rt.block_on(check_connections(config)),
+            Err(e) => {
+                println!("error: cannot start the async runtime: {e}");
+                ok = false;
+            }
+        }
+    }
+    if ok {
+        println!("ok: configuration is valid");
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+async fn check_connections(config: &Config) -> bool {
+    let mut ok = true;
+    match wal_listener::source::setup::connect(config).await {
+        Ok(client) => match client.query_one("SHOW wal_level", &[]).await {
+            Ok(row) if row.get::<_, String>(0) == "logical" => {
+                println!("ok: database: PostgreSQL reachable, wal_level=logical")
+            }
+            Ok(row) => {
+                println!(
+                    "error: database: wal_level={}, logical decoding needs wal_level=logical (ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL)",
+                    row.get::<_, String>(0)
+                );
+                ok = false;
+            }
+            Err(e) => {
+                println!("error: database: {e}");
+                ok = false;
+            }
+        },
+        Err(e) => {
+            println!("error: database: {e}");
+            ok = false;
+        }
+    }
+    match publish::Sink::connect(config).await {
+        Ok(_) => println!(
+            "ok: publisher: NATS reachable at {}, stream {} captures {}.>",
+            config.publisher.address, config.publisher.topic, config.publisher.topic
+        ),
+        Err(e) => {
+            println!("error: publisher: {e}");
+            ok = false;
+        }
+    }
+    ok
+}
+
+fn route(config: &Config, source: &str) -> ExitCode {
+    let router = match Router::from_config(config) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("wal-listener: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let events = match read_events(source) {
+        Ok(events) => events,
+        Err(e) => {
+            eprintln!("wal-listener: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut failed = false;
+    for (n, event) in events.into_iter().enumerate() {
+        let event: Arc<ChangeEvent> = Arc::new(event);
+        match router.route(&event) {
+            Ok(messages) => {
+                let mut default_payload = None;
+                for (index, routed) in messages.into_iter().enumerate() {
+                    let msg = publish::envelope(&event, routed, index, &mut default_payload);
+                    println!("{}", message_json(&msg));
+                }
+            }
+            Err(e) => {
+                eprintln!("event {}: script error: {e}", n + 1);
+                failed = true;
+            }
+        }
+    }
+    if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+}
+
+fn message_json(msg: &publish::OutMessage) -> String {
+    let mut headers: Vec<(String, String)> = msg
+        .headers
+        .iter()
+        .flat_map(|(name, values)| values.iter().map(move |v| (name.to_string(), v.as_str().to_string())))
+        .collect();
+    headers.sort();
+    let headers: serde_json::Map<String, serde_json::Value> = headers
+        .into_iter()
+        .map(|(k, v)| (k, serde_json::Value::String(v)))
+        .collect();
+    let payload = match serde_json::from_slice::<serde_json::Value>(&msg.payload) {
+        Ok(v) => v,
+        Err(_) => serde_json::Value::String(String::from_utf8_lossy(&msg.payload).into_owned()),
+    };
+    serde_json::json!({"subject": msg.subject, "headers": headers, "payload": payload}).to_string()
+}
+
+/// One JSON object, a JSON array of objects, or JSON lines.
+fn read_events(source: &str) -> Result<Vec<ChangeEvent>, String> {
+    let mut text = String::new();
+    if source == "-" {
+        std::io::stdin()
+            .lock()
+            .read_to_string(&mut text)
+            .map_err(|e| format!("reading standard input: {e}"))?;
+    } else {
+        let path = Path::new(source);
+        let file = std::fs::File::open(path).map_err(|e| format!("cannot read {source}: {e}"))?;
+        for line in std::io::BufReader::new(file).lines() {
+            text.push_str(&line.map_err(|e| format!("cannot read {source}: {e}"))?);
+            text.push('\n');
+        }
+    }
+    let values: Vec<serde_json::Value> = match serde_json::from_str::<serde_json::Value>(&text) {
+        Ok(serde_json::Value::Array(items)) => items,
+        Ok(single) => vec![single],
+        Err(_) => text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+            .map(|(i, l)| serde_json::from_str(l).map_err(|e| format!("line {}: not JSON: {e}", i + 1)))
+            .collect::<Result<_, _>>()?,
+    };
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            event::from_json(v, u32::try_from(i).unwrap_or(u32::MAX)).map_err(|e| format!("event {}: {e}", i + 1))
+        })
+        .collect()
+}

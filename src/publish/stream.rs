@@ -1,0 +1,89 @@
+//! The JetStream stream: named after `publisher.topic`, capturing `topic.>`.
+//!
+//! Created (file storage, the configured duplicate window) when missing. When it exists, it
+//! must capture every subject the default script can produce, or the service refuses to start
+//! with a message naming the subject — publishing into a stream that silently drops our
+//! subjects would lose data.
+
+use async_nats::jetstream::{self, stream};
+
+use crate::config::Config;
+
+use super::PublishError;
+
+pub(super) async fn ensure(js: &jetstream::Context, config: &Config) -> Result<(), PublishError> {
+    let name = &config.publisher.topic;
+    let wanted = format!("{name}.>");
+    match js.get_stream(name).await {
+        Ok(mut existing) => {
+            let info = existing
+                .info()
+                .await
+                .map_err(|e| PublishError::Transient(format!("reading stream {name}: {e}")))?;
+            let subjects = info.config.subjects.clone();
+            if !subjects.iter().any(|s| subject_covers(s, &wanted)) {
+                return Err(PublishError::Fatal(format!(
+                    "JetStream stream {name:?} exists but captures {subjects:?}, not {wanted:?}: events on subjects such as {name}.public_users would not be stored. Add {wanted:?} to the stream's subjects (nats stream edit {name} --subjects '{wanted}') or choose another publisher.topic"
+                )));
+            }
+            if info.config.duplicate_window < std::time::Duration::from_secs(60) {
+                tracing::warn!(
+                    stream = %name,
+                    window = ?info.config.duplicate_window,
+                    "the stream's duplicate window is shorter than 1 minute: replays after a long outage may produce duplicates"
+                );
+            }
+            Ok(())
+        }
+        Err(e) if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(ref j) if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+        {
+            js.create_stream(stream::Config {
+                name: name.clone(),
+                subjects: vec![wanted.clone()],
+                duplicate_window: config.publisher.duplicate_window,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| PublishError::Transient(format!("creating stream {name}: {e}")))?;
+            tracing::info!(stream = %name, subjects = %wanted, "created JetStream stream");
+            Ok(())
+        }
+        Err(e) => Err(PublishError::Transient(format!(
+            "looking up stream {name}: {e} (is JetStream enabled on the server? start nats-server with -js)"
+        ))),
+    }
+}
+
+/// Whether the stream subject filter `filter` captures every subject matched by `pattern`.
+pub fn subject_covers(filter: &str, pattern: &str) -> bool {
+    let mut f = filter.split('.');
+    let mut p = pattern.split('.');
+    loop {
+        match (f.next(), p.next()) {
+            (Some(">"), Some(_)) => return true,
+            (Some(_), Some(">")) => return false,
+            (Some("*"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::subject_covers;
+
+    #[test]
+    fn covers() {
+        assert!(subject_covers("wal_listener.>", "wal_listener.>"));
+        assert!(subject_covers(">", "wal_listener.>"));
+        assert!(subject_covers("*.>", "wal_listener.>"));
+        assert!(!subject_covers("wal_listener.*", "wal_listener.>"));
+        assert!(!subject_covers("wal_listener.public_users", "wal_listener.>"));
+        assert!(!subject_covers("other.>", "wal_listener.>"));
+        assert!(subject_covers("wal_listener.*", "wal_listener.x"));
+        assert!(!subject_covers("a.b", "a"));
+    }
+}

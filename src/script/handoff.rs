@@ -1,0 +1,79 @@
+//! The event as Lua sees it: userdata whose fields are built on first read.
+//!
+//! | field | Lua type |
+//! |---|---|
+//! | `id`, `schema`, `table`, `action`, `lsn`, `commitTime` | string |
+//! | `xid` | integer |
+//! | `data`, `dataOld` | table: column → value (SQL NULL is `nil`) |
+//! | `unchangedToast` | list of column names |
+//! | `prefix`, `content`, `transactional` | messages only (`content` is the raw string) |
+//!
+//! Column values: integers are Lua integers (exact to 64 bits), floats numbers, numerics
+//! strings, json/jsonb decoded tables, arrays sequences (a NULL element is `json.null`).
+
+use std::sync::Arc;
+
+use mlua::{Lua, LuaSerdeExt, UserData, UserDataFields, Value as LuaValue};
+
+use crate::event::{ChangeEvent, Row, Value};
+
+/// The userdata handed to `route`.
+pub(crate) struct EventData(pub Arc<ChangeEvent>);
+
+impl UserData for EventData {
+    fn add_fields<F: UserDataFields<Self>>(fields: &mut F) {
+        fields.add_field_method_get("id", |_, e| Ok(e.0.id().hyphenated().to_string()));
+        fields.add_field_method_get("schema", |lua, e| lua.create_string(&*e.0.schema));
+        fields.add_field_method_get("table", |lua, e| lua.create_string(&*e.0.table));
+        fields.add_field_method_get("action", |_, e| Ok(e.0.action.as_str()));
+        fields.add_field_method_get("lsn", |_, e| Ok(e.0.commit_lsn.to_string()));
+        fields.add_field_method_get("xid", |_, e| Ok(i64::from(e.0.xid)));
+        fields.add_field_method_get("commitTime", |_, e| Ok(e.0.commit_time_text()));
+        fields.add_field_method_get("data", |lua, e| row_table(lua, &e.0.data));
+        fields.add_field_method_get("dataOld", |lua, e| row_table(lua, &e.0.data_old));
+        fields.add_field_method_get("unchangedToast", |lua, e| {
+            lua.create_sequence_from(e.0.unchanged_toast.iter().map(|n| n.to_string()))
+        });
+        fields.add_field_method_get("prefix", |_, e| Ok(e.0.message.as_ref().map(|m| m.prefix.clone())));
+        fields.add_field_method_get("transactional", |_, e| {
+            Ok(e.0.message.as_ref().map(|m| m.transactional))
+        });
+        fields.add_field_method_get("content", |lua, e| match &e.0.message {
+            Some(m) => Ok(LuaValue::String(lua.create_string(&m.content)?)),
+            None => Ok(LuaValue::Nil),
+        });
+    }
+}
+
+fn row_table(lua: &Lua, row: &Row) -> mlua::Result<mlua::Table> {
+    let table = lua.create_table_with_capacity(0, row.0.len())?;
+    for (name, value) in &row.0 {
+        table.raw_set(&**name, to_lua(lua, value, false)?)?;
+    }
+    Ok(table)
+}
+
+/// A column value as a Lua value; `in_array` turns NULL into `json.null` so sequences keep
+/// their length.
+pub(crate) fn to_lua(lua: &Lua, value: &Value, in_array: bool) -> mlua::Result<LuaValue> {
+    Ok(match value {
+        Value::Null if in_array => lua.null(),
+        Value::Null => LuaValue::Nil,
+        Value::Bool(b) => LuaValue::Boolean(*b),
+        Value::Int(i) => LuaValue::Integer(*i),
+        Value::Float(f) => LuaValue::Number(*f),
+        Value::Text(t) => LuaValue::String(lua.create_string(t)?),
+        Value::Json(raw) => {
+            let parsed: serde_json::Value =
+                serde_json::from_str(raw.get()).map_err(|e| mlua::Error::RuntimeError(format!("json value: {e}")))?;
+            lua.to_value(&parsed)?
+        }
+        Value::Array(items) => {
+            let table = lua.create_table_with_capacity(items.len(), 0)?;
+            for (i, item) in items.iter().enumerate() {
+                table.raw_set(i + 1, to_lua(lua, item, true)?)?;
+            }
+            LuaValue::Table(table)
+        }
+    })
+}

@@ -1,0 +1,162 @@
+//! The sandboxed Lua state and the host API every script sees.
+//!
+//! Only the safe standard library is opened: `string`, `table`, `math`, `utf8`, `coroutine`,
+//! and `os` cut down to `time`, `date` and `clock`. `io`, `debug`, `package`, `dofile`,
+//! `loadfile`, `string.dump` and `collectgarbage` other than counting are absent, and `load`
+//! only accepts text (binary chunks can crash the VM).
+//!
+//! Globals added: `config` (read-only), `json.encode/decode` (64-bit integers exact),
+//! `json.null`, `log.debug/info/warn/error`, and `wal` (see `scripts/wal.lua`).
+
+use mlua::{Lua, LuaOptions, LuaSerdeExt, StdLib, Table, Value as LuaValue};
+
+use crate::config::Config;
+
+use super::WAL_LUA;
+
+/// A fresh state with the sandbox and the host API installed.
+pub(super) fn new_state(config: &Config) -> mlua::Result<Lua> {
+    let libs = StdLib::STRING | StdLib::TABLE | StdLib::MATH | StdLib::UTF8 | StdLib::COROUTINE | StdLib::OS;
+    let lua = Lua::new_with(libs, LuaOptions::default())?;
+    let globals = lua.globals();
+
+    // os: only the clock and calendar functions.
+    let os: Table = globals.get("os")?;
+    let safe_os = lua.create_table()?;
+    for name in ["time", "date", "clock"] {
+        safe_os.set(name, os.get::<LuaValue>(name)?)?;
+    }
+    globals.set("os", safe_os)?;
+    for name in ["dofile", "loadfile"] {
+        globals.set(name, LuaValue::Nil)?;
+    }
+    let string: Table = globals.get("string")?;
+    string.set("dump", LuaValue::Nil)?;
+    lua.load(
+        r#"
+        local raw_load, raw_collect = load, collectgarbage
+        load = function(chunk, name, _mode, env) return raw_load(chunk, name, "t", env) end
+        collectgarbage = function(opt)
+          if opt == "count" then return raw_collect("count") end
+          error("collectgarbage is not available to scripts", 2)
+        end
+        "#,
+    )
+    .set_name("=sandbox")
+    .exec()?;
+
+    globals.set("config", read_only(&lua, lua.to_value(&config_view(config))?)?)?;
+    globals.set("json", json_table(&lua)?)?;
+    globals.set("log", log_table(&lua)?)?;
+    let wal: Table = lua
+        .load(WAL_LUA)
+        .set_name("@wal.lua")
+        .set_mode(mlua::chunk::ChunkMode::Text)
+        .eval()?;
+    globals.set("wal", read_only(&lua, LuaValue::Table(wal))?)?;
+    Ok(lua)
+}
+
+/// The part of the configuration scripts may read (no secrets).
+fn config_view(config: &Config) -> serde_json::Value {
+    let tables: serde_json::Map<String, serde_json::Value> = config
+        .listener
+        .filter
+        .tables
+        .iter()
+        .map(|(k, v)| (k.clone(), serde_json::json!(v)))
+        .collect();
+    serde_json::json!({
+        "listener": {
+            "slotName": config.listener.slot_name,
+            "publication": config.listener.publication,
+            "filter": { "tables": tables },
+            "topicsMap": config.listener.topics_map,
+        },
+        "publisher": {
+            "type": format!("{:?}", config.publisher.kind).to_lowercase(),
+            "topic": config.publisher.topic,
+            "topicPrefix": config.publisher.topic_prefix,
+        },
+        "scripts": {
+            "deadLetterSubject": config.dead_letter_subject(),
+        },
+    })
+}
+
+/// Wrap tables (recursively) in proxies whose writes fail.
+fn read_only(lua: &Lua, value: LuaValue) -> mlua::Result<LuaValue> {
+    let LuaValue::Table(table) = value else {
+        return Ok(value);
+    };
+    let inner = lua.create_table()?;
+    for pair in table.pairs::<LuaValue, LuaValue>() {
+        let (k, v) = pair?;
+        inner.raw_set(k, read_only(lua, v)?)?;
+    }
+    let proxy = lua.create_table()?;
+    let meta = lua.create_table()?;
+    meta.set("__index", inner.clone())?;
+    meta.set(
+        "__newindex",
+        lua.create_function(|_, (_t, k, _v): (LuaValue, LuaValue, LuaValue)| -> mlua::Result<()> {
+            Err(mlua::Error::RuntimeError(format!(
+                "attempt to modify read-only field {}",
+                k.to_string()?
+            )))
+        })?,
+    )?;
+    // pairs(config.listener.topicsMap) iterates the real contents.
+    let pairs_inner = inner.clone();
+    meta.set(
+        "__pairs",
+        lua.create_function(move |lua, _: LuaValue| {
+            let next: mlua::Function = lua.globals().get("next")?;
+            Ok((next, pairs_inner.clone(), LuaValue::Nil))
+        })?,
+    )?;
+    meta.set("__len", lua.create_function(move |_, _: LuaValue| Ok(inner.raw_len()))?)?;
+    meta.set("__metatable", false)?;
+    proxy.set_metatable(Some(meta))?;
+    Ok(LuaValue::Table(proxy))
+}
+
+fn json_table(lua: &Lua) -> mlua::Result<Table> {
+    let json = lua.create_table()?;
+    json.set(
+        "encode",
+        lua.create_function(|_, value: LuaValue| {
+            serde_json::to_string(&value).map_err(|e| mlua::Error::RuntimeError(format!("json.encode: {e}")))
+        })?,
+    )?;
+    json.set(
+        "decode",
+        lua.create_function(|lua, text: mlua::LuaString| {
+            let parsed: serde_json::Value = serde_json::from_slice(&text.as_bytes())
+                .map_err(|e| mlua::Error::RuntimeError(format!("json.decode: {e}")))?;
+            lua.to_value(&parsed)
+        })?,
+    )?;
+    json.set("null", lua.null())?;
+    Ok(json)
+}
+
+fn log_table(lua: &Lua) -> mlua::Result<Table> {
+    let log = lua.create_table()?;
+    macro_rules! level {
+        ($name:literal, $mac:ident) => {
+            log.set(
+                $name,
+                lua.create_function(|_, message: mlua::LuaString| {
+                    tracing::$mac!(target: "wal_listener::script", "{}", message.to_string_lossy());
+                    Ok(())
+                })?,
+            )?;
+        };
+    }
+    level!("debug", debug);
+    level!("info", info);
+    level!("warn", warn);
+    level!("error", error);
+    Ok(log)
+}

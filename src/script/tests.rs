@@ -1,0 +1,187 @@
+use super::*;
+use crate::config::Config;
+use std::path::PathBuf;
+
+fn config(yaml: &str) -> Config {
+    Config::from_yaml(yaml, &[], PathBuf::new()).expect("valid config").0
+}
+
+fn event(schema: &str, table: &str, action: &str) -> Arc<ChangeEvent> {
+    let json = serde_json::json!({"schema": schema, "table": table, "action": action, "data": {"id": 9007199254740993i64, "region": "eu", "tags": ["a", null]}});
+    Arc::new(crate::event::from_json(&json, 0).expect("event"))
+}
+
+fn subjects(router: &Router, e: &Arc<ChangeEvent>) -> Vec<String> {
+    router
+        .route(e)
+        .expect("route succeeds")
+        .into_iter()
+        .map(|r| r.subject)
+        .collect()
+}
+
+#[test]
+fn default_script_without_filter_publishes_every_table() {
+    let router = Router::from_config(&config("")).expect("default compiles");
+    assert_eq!(
+        subjects(&router, &event("public", "users", "INSERT")),
+        ["wal_listener.public_users"]
+    );
+    let routed = router.route(&event("public", "users", "INSERT")).expect("route");
+    assert_eq!(routed[0].payload, Payload::Event);
+}
+
+#[test]
+fn default_script_applies_the_go_filter_and_topics_map() {
+    let cfg = config(
+        "listener:\n  filter:\n    tables:\n      users: [insert, Update]\n      billing.invoices: [delete]\n  topicsMap:\n    public_users: notifier\npublisher:\n  topic: cdc\n  topicPrefix: pre_\n",
+    );
+    let router = Router::from_config(&cfg).expect("compiles");
+    assert_eq!(
+        subjects(&router, &event("public", "users", "INSERT")),
+        ["cdc.pre_notifier"]
+    );
+    assert_eq!(
+        subjects(&router, &event("other", "users", "UPDATE")),
+        ["cdc.pre_other_users"],
+        "bare name matches any schema"
+    );
+    assert!(subjects(&router, &event("public", "users", "DELETE")).is_empty());
+    assert!(subjects(&router, &event("public", "orders", "INSERT")).is_empty());
+    assert_eq!(
+        subjects(&router, &event("billing", "invoices", "DELETE")),
+        ["cdc.pre_billing_invoices"]
+    );
+    assert!(
+        subjects(&router, &event("public", "invoices", "DELETE")).is_empty(),
+        "qualified name matches that schema only"
+    );
+}
+
+#[test]
+fn subject_tokens_are_sanitized() {
+    let router = Router::from_config(&config("")).expect("compiles");
+    assert_eq!(
+        subjects(&router, &event("my schema", "a.b*c>d", "INSERT")),
+        ["wal_listener.my_schema_a_b_c_d"]
+    );
+}
+
+fn custom(source: &str) -> Router {
+    Router::new(
+        &config("scripts:\n  instructionLimit: 100000\n  memoryLimit: 8388608\n"),
+        "test.lua",
+        source,
+    )
+    .expect("script compiles")
+}
+
+#[test]
+fn scripts_see_exact_integers_and_can_build_payloads_and_headers() {
+    let router = custom(
+        r#"function route(e)
+             assert(math.type(e.data.id) == "integer" and e.data.id == 9007199254740993)
+             assert(e.data.tags[2] == json.null)
+             return "cdc." .. e.data.region, { id = e.data.id, big = e.data.id }, { Tenant = "t1" }
+           end"#,
+    );
+    let routed = router.route(&event("public", "users", "INSERT")).expect("route");
+    assert_eq!(routed[0].subject, "cdc.eu");
+    assert_eq!(routed[0].headers, [("Tenant".to_string(), "t1".to_string())]);
+    let Payload::Json(bytes) = &routed[0].payload else {
+        panic!("expected JSON")
+    };
+    let v: serde_json::Value = serde_json::from_slice(bytes).expect("json");
+    assert_eq!(v["id"].as_i64(), Some(9007199254740993));
+}
+
+#[test]
+fn fan_out_and_raw_payloads() {
+    let router = custom(
+        r#"function route(e) return { { subject = "a.one" }, { subject = "a.two", payload = "raw bytes" } } end"#,
+    );
+    let routed = router.route(&event("s", "t", "INSERT")).expect("route");
+    assert_eq!(routed.len(), 2);
+    assert_eq!(routed[0].payload, Payload::Event);
+    assert_eq!(routed[1].payload, Payload::Raw(b"raw bytes".to_vec()));
+}
+
+#[test]
+fn extending_the_default_script() {
+    let router = custom(r#"function route(e) local s = wal.default_route(e); if s then return s .. ".v2" end end"#);
+    assert_eq!(
+        subjects(&router, &event("public", "users", "INSERT")),
+        ["wal_listener.public_users.v2"]
+    );
+}
+
+#[test]
+fn invalid_returns_and_runtime_errors_are_explained() {
+    let bad = |src: &str| {
+        custom(src)
+            .route(&event("s", "t", "INSERT"))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    };
+    assert!(bad("function route(e) return 42 end").contains("route returned the number 42"));
+    assert!(bad("function route(e) return 'a..b' end").contains("empty token"));
+    assert!(bad("function route(e) return 'a.*' end").contains("wildcards"));
+    assert!(bad("function route(e) return 'a', 'p', { ['Nats-Msg-Id'] = 'x' } end").contains("set by wal-listener"));
+    assert!(bad("function route(e) error('boom') end").contains("test.lua:1: boom"));
+}
+
+#[test]
+fn infinite_loops_and_memory_bombs_are_stopped() {
+    let r = custom("function route(e) while true do end end");
+    assert_eq!(
+        r.route(&event("s", "t", "INSERT")),
+        Err(RouteError::InstructionLimit(100_000))
+    );
+    // The next call gets a fresh budget.
+    let r = custom("n = 0 function route(e) n = n + 1 if n == 1 then while true do end end return 'ok' end");
+    assert!(r.route(&event("s", "t", "INSERT")).is_err());
+    assert_eq!(subjects(&r, &event("s", "t", "INSERT")), ["ok"]);
+    let r = custom("function route(e) local t = {} for i = 1, 1e9 do t[i] = string.rep('x', 1024) .. i end end");
+    assert_eq!(r.route(&event("s", "t", "INSERT")), Err(RouteError::Memory));
+}
+
+#[test]
+fn the_sandbox_has_no_way_out() {
+    for src in [
+        "return io.open('/etc/passwd')",
+        "return os.execute('true')",
+        "return os.getenv('HOME')",
+        "return require('os')",
+        "return dofile('/etc/passwd')",
+        "return loadfile('/etc/passwd')",
+        "return load(string.dump(function() end))",
+        "return debug.getinfo(1)",
+        "config.publisher.topic = 'x'",
+    ] {
+        let script = format!("function route(e) {src} end");
+        let result = custom(&script).route(&event("s", "t", "INSERT"));
+        assert!(matches!(result, Err(RouteError::Runtime(_))), "{src} gave {result:?}");
+    }
+    let r = custom("function route(e) return load('return \"ok\"')() end");
+    assert_eq!(subjects(&r, &event("s", "t", "INSERT")), ["ok"]);
+}
+
+#[test]
+fn compile_errors_name_the_script() {
+    let cfg = config("");
+    match Router::new(&cfg, "broken.lua", "function route(e") {
+        Err(ScriptError::Compile { name, message }) => {
+            assert_eq!(name, "broken.lua");
+            assert!(message.contains("broken.lua"), "{message}");
+        }
+        other => panic!(
+            "expected a compile error, got {:?}",
+            other.map(|r| r.name().to_string())
+        ),
+    }
+    assert!(matches!(
+        Router::new(&cfg, "x.lua", "x = 1"),
+        Err(ScriptError::NoRoute { .. })
+    ));
+}

@@ -1,0 +1,61 @@
+//! The replication connection: slot and publication setup, `START_REPLICATION`, keepalives and
+//! standby status feedback. It knows bytes and LSNs, not rows.
+//!
+//! Two connections are used. Ordinary SQL (checks, creating the publication and the slot,
+//! reading `confirmed_flush_lsn`) goes through tokio-postgres ([`setup`]); the streaming
+//! connection goes through the `pgwire-replication` crate behind the small [`Replication`]
+//! trait, so the transport can be swapped. That crate already parses Begin, Commit and logical
+//! Message frames; everything else arrives as raw pgoutput bytes for our own decoder.
+//!
+//! ## Progress
+//!
+//! The only LSN we ever report as flushed is the one [`Replication::confirm`] is given, which
+//! the ack stage computes: the end LSN of the newest transaction whose every message JetStream
+//! has acknowledged, or a keepalive's WAL end once everything before it is acknowledged. After
+//! a restart the server resends every transaction that committed after the confirmed LSN, and
+//! the deterministic event ids let JetStream drop what it already stored.
+
+mod pgwire;
+pub mod setup;
+
+use bytes::Bytes;
+
+use crate::decode;
+use crate::lsn::Lsn;
+
+pub use pgwire::PgwireReplication;
+
+/// One frame from the replication stream.
+#[derive(Debug)]
+pub enum Frame {
+    /// A message the transport already parsed (Begin, Commit, logical Message).
+    Decoded(decode::Message),
+    /// A pgoutput message for our decoder.
+    Data(Bytes),
+    /// The server's WAL end, sent while idle.
+    KeepAlive(Lsn),
+}
+
+/// A replication or setup failure, classified by what the service must do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// Worth retrying: the server is down, restarting, in recovery, or the slot is busy.
+    #[error("{0}")]
+    Transient(String),
+    /// Retrying cannot help: an operator must act (the message says how).
+    #[error("{0}")]
+    Fatal(String),
+}
+
+/// A logical replication stream.
+pub trait Replication: Send {
+    /// The next frame; `Ok(None)` when the stream ended.
+    fn recv(&mut self) -> impl std::future::Future<Output = Result<Option<Frame>, SourceError>> + Send;
+    /// Report everything up to `lsn` as flushed (sent with the next standby status update).
+    fn confirm(&self, lsn: Lsn);
+    /// Wait (at most `deadline`) until the last confirmed LSN has been sent to the server.
+    fn flush_confirmation(&self, deadline: std::time::Duration) -> impl std::future::Future<Output = ()> + Send;
+}
+
+/// Session settings pinned on the replication connection so that text output is stable.
+pub const SESSION_OPTIONS: &str = "-c DateStyle=ISO -c TimeZone=UTC -c IntervalStyle=postgres -c extra_float_digits=3";

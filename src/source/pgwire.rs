@@ -1,0 +1,165 @@
+//! [`Replication`] over the `pgwire-replication` crate.
+//!
+//! Its quirks, measured (FACTS.md): publication names are not identifier-quoted, so we quote
+//! them (mixed-case names work); the slot name is interpolated unquoted, so config validation
+//! allows only `[a-z0-9_]`; it does not reconnect, which the app's session loop does.
+
+use std::time::Duration;
+
+use pgwire_replication::{ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig};
+
+use crate::config::{self, Config, SslMode};
+use crate::decode::{self, Begin, Commit, LogicalMessage, Message};
+use crate::lsn::Lsn;
+
+use super::{Frame, Replication, SESSION_OPTIONS, SourceError};
+
+/// A started logical replication stream.
+pub struct PgwireReplication {
+    client: ReplicationClient,
+}
+
+impl PgwireReplication {
+    /// Connect, authenticate and `START_REPLICATION` from `start` (the slot's confirmed LSN).
+    /// Returns once the server accepted the start, so the slot is held by this session.
+    pub async fn start(config: &Config, start: Lsn) -> Result<Self, SourceError> {
+        let db = &config.database;
+        let password = db.password.as_ref().map(config::Secret::expose).unwrap_or_default();
+        let publication = format!("\"{}\"", config.listener.publication.replace('"', "\"\""));
+        let mut cfg = ReplicationConfig::new(
+            db.host.clone(),
+            db.user.clone(),
+            password,
+            db.name.clone(),
+            config.listener.slot_name.clone(),
+            publication,
+        )
+        .with_port(db.port)
+        .with_start_lsn(pgwire_replication::Lsn(start.0))
+        // Progress is reported within a second of being acknowledged; an idle stream still
+        // sends a status update every heartbeatInterval.
+        .with_status_interval(config.listener.heartbeat_interval.min(Duration::from_secs(1)))
+        .with_wakeup_interval(config.listener.heartbeat_interval)
+        // Without an observer the client does not track which confirmations are still unsent,
+        // and shutdown could not wait for the last one.
+        .with_feedback_observer(pgwire_replication::FeedbackObserver::new(|_| {}))
+        .with_buffer_size(4096)
+        .with_options(SESSION_OPTIONS)
+        .with_application_name("wal-listener");
+        if !cfg.is_unix_socket() {
+            cfg = cfg.with_tls(tls_config(config)?);
+        }
+        let mut client = ReplicationClient::connect(cfg).await.map_err(classify)?;
+        match tokio::time::timeout(Duration::from_secs(60), client.wait_started()).await {
+            Ok(Ok(())) => Ok(PgwireReplication { client }),
+            Ok(Err(e)) => Err(classify(e)),
+            Err(_) => Err(SourceError::Transient(
+                "START_REPLICATION was not answered within 60s".into(),
+            )),
+        }
+    }
+}
+
+fn tls_config(config: &Config) -> Result<TlsConfig, SourceError> {
+    let db = &config.database;
+    Ok(match db.ssl_mode {
+        SslMode::Disable => TlsConfig::disabled(),
+        // The replication crate has no "try TLS, fall back to plain" mode; prefer behaves like
+        // disable on the replication connection. Choose require or stronger to insist on TLS.
+        SslMode::Prefer => TlsConfig::disabled(),
+        SslMode::Require => TlsConfig::require(),
+        SslMode::VerifyCa => TlsConfig::verify_ca(db.ssl_root_cert.clone()),
+        SslMode::VerifyFull => TlsConfig::verify_full(db.ssl_root_cert.clone()),
+    })
+}
+
+/// Sort the crate's errors into retry-or-stop.
+fn classify(e: pgwire_replication::PgWireError) -> SourceError {
+    use pgwire_replication::PgWireError as E;
+    let text = e.to_string();
+    match e {
+        E::Auth(_) => SourceError::Fatal(format!(
+            "PostgreSQL refused the replication login: {text} (check database.user/database.password and pg_hba.conf: the user needs the REPLICATION attribute and a 'replication' line)"
+        )),
+        E::Tls(_) => SourceError::Fatal(format!(
+            "TLS to PostgreSQL failed: {text} (check database.sslMode and database.sslRootCert)"
+        )),
+        E::Server(ref msg) if is_fatal_server_error(msg) => {
+            SourceError::Fatal(format!("PostgreSQL refused replication: {text}"))
+        }
+        _ => SourceError::Transient(format!("replication connection: {text}")),
+    }
+}
+
+/// Server errors no retry can fix: a missing slot or publication (dropped by someone while we
+/// ran), a wrong plugin, a missing privilege.
+fn is_fatal_server_error(msg: &str) -> bool {
+    let m = msg.to_ascii_lowercase();
+    (m.contains("replication slot") && m.contains("does not exist"))
+        || (m.contains("publication") && m.contains("does not exist"))
+        || m.contains("permission denied")
+        || m.contains("must be superuser or replication role")
+        || m.contains("42704")
+}
+
+impl Replication for PgwireReplication {
+    async fn recv(&mut self) -> Result<Option<Frame>, SourceError> {
+        let event = match self.client.recv().await {
+            Ok(Some(event)) => event,
+            Ok(None) => return Ok(None),
+            Err(e) => return Err(classify(e)),
+        };
+        Ok(Some(match event {
+            ReplicationEvent::XLogData { data, .. } => Frame::Data(data),
+            ReplicationEvent::KeepAlive { wal_end, .. } => Frame::KeepAlive(Lsn(wal_end.0)),
+            ReplicationEvent::Begin {
+                final_lsn,
+                xid,
+                commit_time_micros,
+            } => Frame::Decoded(Message::Begin(Begin {
+                final_lsn: final_lsn.0,
+                commit_time: commit_time_micros,
+                xid,
+            })),
+            ReplicationEvent::Commit {
+                lsn,
+                end_lsn,
+                commit_time_micros,
+            } => Frame::Decoded(Message::Commit(Commit {
+                flags: 0,
+                commit_lsn: lsn.0,
+                end_lsn: end_lsn.0,
+                commit_time: commit_time_micros,
+            })),
+            ReplicationEvent::Message {
+                transactional,
+                lsn,
+                prefix,
+                content,
+            } => Frame::Decoded(decode::Message::Message(LogicalMessage {
+                transactional,
+                lsn: lsn.0,
+                prefix,
+                content,
+            })),
+            ReplicationEvent::StoppedAt { .. } => return Ok(None),
+        }))
+    }
+
+    fn confirm(&self, lsn: Lsn) {
+        self.client.update_applied_lsn(pgwire_replication::Lsn(lsn.0));
+    }
+
+    async fn flush_confirmation(&self, deadline: Duration) {
+        let until = tokio::time::Instant::now() + deadline;
+        while self.client.feedback_pending_since().is_some() && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for PgwireReplication {
+    fn drop(&mut self) {
+        self.client.stop();
+    }
+}

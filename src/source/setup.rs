@@ -1,0 +1,180 @@
+//! Ordinary SQL before streaming: check `wal_level`, create the publication (`FOR ALL TABLES`)
+//! and the pgoutput slot if they are missing, and read where the slot stands.
+
+use tokio_postgres::NoTls;
+
+use crate::config::{Config, SslMode};
+use crate::lsn::Lsn;
+
+use super::SourceError;
+
+/// Where the slot stands before streaming starts.
+#[derive(Debug, Clone)]
+pub struct SlotState {
+    /// Everything before this is confirmed; streaming resumes here.
+    pub confirmed_flush: Lsn,
+    /// Whether another connection is streaming from the slot right now.
+    pub active: bool,
+    pub created: bool,
+}
+
+/// Connect with tokio-postgres (used for setup only; the connection ends when the client drops).
+pub async fn connect(config: &Config) -> Result<tokio_postgres::Client, SourceError> {
+    let db = &config.database;
+    if matches!(db.ssl_mode, SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull) {
+        return Err(SourceError::Fatal(format!(
+            "database.sslMode {:?} is not supported for the SQL connection yet; use disable or prefer",
+            db.ssl_mode
+        )));
+    }
+    let mut pg = tokio_postgres::Config::new();
+    pg.host(&db.host)
+        .port(db.port)
+        .user(&db.user)
+        .dbname(&db.name)
+        .application_name("wal-listener")
+        .connect_timeout(std::time::Duration::from_secs(10));
+    if let Some(password) = &db.password {
+        pg.password(password.expose());
+    }
+    let (client, connection) = pg.connect(NoTls).await.map_err(|e| classify(&e))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "setup connection closed");
+        }
+    });
+    Ok(client)
+}
+
+/// Check the server, create what is missing, and return the slot's state.
+pub async fn prepare(config: &Config) -> Result<SlotState, SourceError> {
+    let client = connect(config).await?;
+    let wal_level: String = query_one(&client, "SHOW wal_level", &[]).await?.get(0);
+    if wal_level != "logical" {
+        return Err(SourceError::Fatal(format!(
+            "PostgreSQL has wal_level={wal_level}; logical decoding needs wal_level=logical (set it in postgresql.conf or with ALTER SYSTEM SET wal_level = logical, then restart PostgreSQL)"
+        )));
+    }
+    let publication = &config.listener.publication;
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[publication])
+        .await
+        .map_err(|e| classify(&e))?
+        .is_some();
+    if !exists {
+        let sql = format!("CREATE PUBLICATION {} FOR ALL TABLES", quote_ident(publication));
+        match client.batch_execute(&sql).await {
+            Ok(()) => tracing::info!(publication = %publication, "created publication FOR ALL TABLES"),
+            // Two instances starting together: the other one created it first.
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_OBJECT) => {}
+            Err(e) => {
+                return Err(SourceError::Fatal(format!(
+                    "publication {publication:?} does not exist and creating it failed: {} (create it yourself, e.g. CREATE PUBLICATION {} FOR ALL TABLES, or grant the user the right to)",
+                    db_error_text(&e),
+                    quote_ident(publication)
+                )));
+            }
+        }
+    }
+
+    let slot = &config.listener.slot_name;
+    let row = client
+        .query_opt(
+            "SELECT plugin, database, confirmed_flush_lsn::text, active FROM pg_replication_slots WHERE slot_name = $1",
+            &[slot],
+        )
+        .await
+        .map_err(|e| classify(&e))?;
+    let (row, created) = match row {
+        Some(row) => (row, false),
+        None => {
+            let created = client
+                .query_one(
+                    "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')",
+                    &[slot],
+                )
+                .await;
+            match created {
+                Ok(_) => tracing::info!(slot = %slot, "created logical replication slot (pgoutput)"),
+                Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_OBJECT) => {}
+                Err(e) => {
+                    return Err(SourceError::Fatal(format!(
+                        "replication slot {slot:?} does not exist and creating it failed: {} (the user needs the REPLICATION attribute; check max_replication_slots)",
+                        db_error_text(&e)
+                    )));
+                }
+            }
+            let row = query_one(
+                &client,
+                "SELECT plugin, database, confirmed_flush_lsn::text, active FROM pg_replication_slots WHERE slot_name = $1",
+                &[slot],
+            )
+            .await?;
+            (row, true)
+        }
+    };
+    let plugin: Option<String> = row.get(0);
+    let database: Option<String> = row.get(1);
+    if plugin.as_deref() != Some("pgoutput") {
+        return Err(SourceError::Fatal(format!(
+            "replication slot {slot:?} uses plugin {plugin:?}, not pgoutput: choose another listener.slotName or drop that slot"
+        )));
+    }
+    if database.as_deref() != Some(config.database.name.as_str()) {
+        return Err(SourceError::Fatal(format!(
+            "replication slot {slot:?} belongs to database {database:?}, not {:?}: choose another listener.slotName",
+            config.database.name
+        )));
+    }
+    let confirmed: Option<String> = row.get(2);
+    let confirmed_flush = confirmed
+        .as_deref()
+        .unwrap_or("0/0")
+        .parse()
+        .map_err(|e| SourceError::Fatal(format!("slot {slot:?}: {e}")))?;
+    Ok(SlotState {
+        confirmed_flush,
+        active: row.get(3),
+        created,
+    })
+}
+
+async fn query_one(
+    client: &tokio_postgres::Client,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<tokio_postgres::Row, SourceError> {
+    client.query_one(sql, params).await.map_err(|e| classify(&e))
+}
+
+/// Double-quote an identifier for SQL.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn db_error_text(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
+}
+
+/// Authentication and privilege problems are fatal; everything else (refused connections,
+/// restarts, recovery) is worth retrying.
+fn classify(e: &tokio_postgres::Error) -> SourceError {
+    use tokio_postgres::error::SqlState;
+    let text = db_error_text(e);
+    match e.code() {
+        Some(code)
+            if *code == SqlState::INVALID_PASSWORD
+                || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+                || *code == SqlState::INSUFFICIENT_PRIVILEGE
+                || *code == SqlState::INVALID_CATALOG_NAME =>
+        {
+            SourceError::Fatal(format!(
+                "PostgreSQL refused the connection: {text} (check database.user, database.password, database.name and pg_hba.conf)"
+            ))
+        }
+        _ => SourceError::Transient(format!("PostgreSQL: {text}")),
+    }
+}

@@ -10,6 +10,7 @@
 
 pub mod nats;
 pub mod pg;
+pub mod service;
 pub mod wait;
 
 pub use nats::{NatsServer, StoredMessage};
@@ -29,12 +30,8 @@ pub fn free_port() -> u16 {
     static HANDED_OUT: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
     let handed_out = HANDED_OUT.get_or_init(|| Mutex::new(HashSet::new()));
     loop {
-        let listener =
-            TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0 to find a free port");
-        let port = listener
-            .local_addr()
-            .expect("local_addr of a bound listener")
-            .port();
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0 to find a free port");
+        let port = listener.local_addr().expect("local_addr of a bound listener").port();
         drop(listener);
         let mut set = handed_out.lock().unwrap_or_else(|e| e.into_inner());
         if set.insert(port) {

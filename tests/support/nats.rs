@@ -36,16 +36,12 @@ pub struct StoredMessage {
 impl StoredMessage {
     /// First value of header `name` (exact, case-sensitive match).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
 
     /// Payload as UTF-8 (panics if it is not).
     pub fn payload_str(&self) -> &str {
-        std::str::from_utf8(&self.payload)
-            .unwrap_or_else(|e| panic!("payload of seq {} is not UTF-8: {e}", self.seq))
+        std::str::from_utf8(&self.payload).unwrap_or_else(|e| panic!("payload of seq {} is not UTF-8: {e}", self.seq))
     }
 
     /// Payload parsed as JSON (panics if it is not).
@@ -65,11 +61,7 @@ impl From<jetstream::message::StreamMessage> for StoredMessage {
         let mut headers: Vec<(String, String)> = m
             .headers
             .iter()
-            .flat_map(|(name, values)| {
-                values
-                    .iter()
-                    .map(move |v| (name.to_string(), v.as_str().to_owned()))
-            })
+            .flat_map(|(name, values)| values.iter().map(move |v| (name.to_string(), v.as_str().to_owned())))
             .collect();
         // Stable sort: the values of one name keep their order.
         headers.sort_by(|a, b| a.0.cmp(&b.0));
@@ -248,12 +240,7 @@ impl NatsServer {
     /// Polls until `stream` exists and holds at least `n` messages, then
     /// returns all its messages (may be more than `n`). Panics with the count
     /// seen when `deadline` passes first.
-    pub async fn wait_for_messages(
-        &self,
-        stream: &str,
-        n: u64,
-        deadline: Duration,
-    ) -> Vec<StoredMessage> {
+    pub async fn wait_for_messages(&self, stream: &str, n: u64, deadline: Duration) -> Vec<StoredMessage> {
         let js = self.jetstream().await;
         let start = Instant::now();
         loop {
@@ -333,11 +320,7 @@ impl NatsServer {
     }
 
     fn fail(&self, msg: &str) -> ! {
-        panic!(
-            "NatsServer ({}, port {}): {msg}",
-            self.dir.path().display(),
-            self.port
-        )
+        panic!("NatsServer ({}, port {}): {msg}", self.dir.path().display(), self.port)
     }
 }
 
@@ -406,6 +389,5 @@ fn nats_server_bin() -> PathBuf {
     if let Some(bin) = std::env::var_os("NATS_SERVER") {
         return PathBuf::from(bin);
     }
-    find_in_path("nats-server")
-        .unwrap_or_else(|| panic!("nats-server not found: set NATS_SERVER or put it on PATH"))
+    find_in_path("nats-server").unwrap_or_else(|| panic!("nats-server not found: set NATS_SERVER or put it on PATH"))
 }

@@ -168,10 +168,7 @@ impl PgCluster {
         } else {
             format!("'{}'", db.replace('\\', "\\\\").replace('\'', "\\'"))
         };
-        format!(
-            "host=127.0.0.1 port={} user=postgres dbname={db}",
-            self.port
-        )
+        format!("host=127.0.0.1 port={} user=postgres dbname={db}", self.port)
     }
 
     /// The same as a URL: `postgres://postgres@127.0.0.1:<port>/<db>` (`db`
@@ -209,10 +206,7 @@ impl PgCluster {
 
     /// `CREATE DATABASE "<name>"` (sync, via psql).
     pub fn create_database(&self, name: &str) {
-        self.psql(&format!(
-            "CREATE DATABASE \"{}\"",
-            name.replace('"', "\"\"")
-        ));
+        self.psql(&format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\"")));
     }
 
     /// Runs `sql` with psql on database `postgres`; returns stdout with
@@ -259,10 +253,7 @@ impl PgCluster {
     /// Starts the stopped cluster again: same data dir, same port. Retries for
     /// up to 20 s while the port is briefly taken.
     pub fn start_again(&mut self) {
-        assert!(
-            !self.running,
-            "PgCluster::start_again: server is already running"
-        );
+        assert!(!self.running, "PgCluster::start_again: server is already running");
         let start = Instant::now();
         loop {
             let log_mark = self.log_len();
@@ -289,23 +280,11 @@ impl PgCluster {
     // ---- internals ----
 
     fn pg_ctl_stop(&mut self, mode: &str) {
-        assert!(
-            self.running,
-            "PgCluster: stop on a server that is not running"
-        );
+        assert!(self.running, "PgCluster: stop on a server that is not running");
         let data = path_str(&self.data_dir()).to_owned();
         self.run_ok(
             "pg_ctl",
-            &[
-                "-D",
-                &data,
-                "-m",
-                mode,
-                "-w",
-                "-t",
-                PG_CTL_TIMEOUT_SECS,
-                "stop",
-            ],
+            &["-D", &data, "-m", mode, "-w", "-t", PG_CTL_TIMEOUT_SECS, "stop"],
         );
         self.running = false;
     }
@@ -315,16 +294,7 @@ impl PgCluster {
         let log = path_str(&self.log_path()).to_owned();
         let out = self.run(
             "pg_ctl",
-            &[
-                "-D",
-                &data,
-                "-l",
-                &log,
-                "-w",
-                "-t",
-                PG_CTL_TIMEOUT_SECS,
-                "start",
-            ],
+            &["-D", &data, "-l", &log, "-w", "-t", PG_CTL_TIMEOUT_SECS, "start"],
         );
         if out.status.success() {
             Ok(())
@@ -334,9 +304,7 @@ impl PgCluster {
     }
 
     fn log_len(&self) -> u64 {
-        std::fs::metadata(self.log_path())
-            .map(|m| m.len())
-            .unwrap_or(0)
+        std::fs::metadata(self.log_path()).map(|m| m.len()).unwrap_or(0)
     }
 
     /// Did the server log, after byte `mark`, that it could not bind its port?
@@ -430,10 +398,7 @@ impl Drop for PgCluster {
         }
         let data = path_str(&self.data_dir()).to_owned();
         let stopped = self
-            .command(
-                "pg_ctl",
-                &["-D", &data, "-m", "immediate", "-w", "-t", "20", "stop"],
-            )
+            .command("pg_ctl", &["-D", &data, "-m", "immediate", "-w", "-t", "20", "stop"])
             .output()
             .map(|o| o.status.success())
             .unwrap_or(false);
@@ -462,8 +427,7 @@ fn describe(what: &str, out: &Output) -> String {
 }
 
 fn path_str(p: &Path) -> &str {
-    p.to_str()
-        .unwrap_or_else(|| panic!("non-UTF-8 path {}", p.display()))
+    p.to_str().unwrap_or_else(|| panic!("non-UTF-8 path {}", p.display()))
 }
 
 fn shell_quote(s: &str) -> String {
@@ -494,10 +458,7 @@ pub fn pg_bindir() -> &'static Path {
             .flatten()
             .filter_map(|e| {
                 let name = e.file_name().to_string_lossy().into_owned();
-                let version: Vec<u32> = name
-                    .split('.')
-                    .map(|p| p.parse().ok())
-                    .collect::<Option<_>>()?;
+                let version: Vec<u32> = name.split('.').map(|p| p.parse().ok()).collect::<Option<_>>()?;
                 let bin = e.path().join("bin");
                 has_initdb(&bin).then_some((version, bin))
             })

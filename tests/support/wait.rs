@@ -32,9 +32,7 @@ where
     let mut attempts: u64 = 0;
     loop {
         attempts += 1;
-        let remaining = deadline
-            .saturating_sub(start.elapsed())
-            .max(Duration::from_millis(100));
+        let remaining = deadline.saturating_sub(start.elapsed()).max(Duration::from_millis(100));
         match tokio::time::timeout(remaining, f()).await {
             Ok(Some(v)) => return v,
             Ok(None) => {}

@@ -1,0 +1,80 @@
+//! The command line: exit codes and error messages a user (or a CI pipeline) relies on.
+
+use std::process::Command;
+
+fn wal_listener(args: &[&str], config: Option<&str>) -> (i32, String, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("config.yml");
+    if let Some(yaml) = config {
+        std::fs::write(&path, yaml).expect("write config");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_wal-listener"))
+        .args(args)
+        .arg("-c")
+        .arg(&path)
+        .output()
+        .expect("run wal-listener");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_bad_config_is_one_clear_line_and_exit_2() {
+    let (code, _, err) = wal_listener(&[], Some("listener:\n  slotNmae: x\n"));
+    assert_eq!(code, 2);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("unknown key listener.slotNmae (did you mean listener.slotName?)"),
+        "{err}"
+    );
+
+    let (code, _, err) = wal_listener(&[], None);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("cannot read config file") && err.contains("-c/--config"),
+        "{err}"
+    );
+}
+
+#[test]
+fn check_connect_reports_each_unreachable_server() {
+    let (code, out, _) = wal_listener(
+        &["check", "--connect"],
+        Some("database:\n  host: 127.0.0.1\n  port: 1\npublisher:\n  address: nats://127.0.0.1:1\n"),
+    );
+    assert_eq!(code, 1);
+    assert!(out.contains("error: database:"), "{out}");
+    assert!(out.contains("error: publisher:"), "{out}");
+}
+
+#[test]
+fn check_compiles_the_script() {
+    let (code, out, _) = wal_listener(&["check"], Some(""));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("ok: script default.lua compiles"), "{out}");
+}
+
+#[test]
+fn route_prints_the_messages_a_script_produces() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let events = dir.path().join("events.jsonl");
+    std::fs::write(
+        &events,
+        "{\"schema\":\"public\",\"table\":\"users\",\"action\":\"INSERT\",\"data\":{\"id\":1}}\n{\"schema\":\"public\",\"table\":\"orders\",\"action\":\"INSERT\",\"data\":{\"id\":2}}\n",
+    )
+    .expect("write events");
+    let config = "listener:\n  filter:\n    tables:\n      users: [insert]\n";
+    let (code, out, err) = wal_listener(&["route", "--event", events.to_str().unwrap_or_default()], Some(config));
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{out}");
+    assert_eq!(lines[0]["subject"], "wal_listener.public_users");
+    assert_eq!(lines[0]["payload"]["data"]["id"], 1);
+    assert_eq!(lines[0]["headers"]["Wal-Action"], "INSERT");
+}

@@ -1,0 +1,8 @@
+//! End-to-end tests: the real binary between a throwaway PostgreSQL cluster and a throwaway
+//! nats-server, each test with its own servers (so they run in parallel).
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod cli;
+mod pipeline;

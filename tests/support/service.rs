@@ -1,0 +1,189 @@
+//! The wal-listener binary as a child process, with its config in a temp dir and its log
+//! captured — so tests can stop it with SIGTERM, kill -9 it and restart it like an operator.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{NatsServer, PgCluster, read_log};
+
+/// Settings every test config shares, plus what the test adds.
+pub struct Setup {
+    pub slot: String,
+    pub publication: String,
+    pub topic: String,
+    /// Extra YAML appended under the top level (e.g. a `scripts:` section).
+    pub extra: String,
+    /// Extra YAML lines under `listener:` (indented by two spaces).
+    pub listener_extra: String,
+}
+
+impl Setup {
+    pub fn new(name: &str) -> Setup {
+        Setup {
+            slot: format!("slot_{name}"),
+            publication: format!("pub_{name}"),
+            topic: format!("cdc_{name}"),
+            extra: String::new(),
+            listener_extra: String::new(),
+        }
+    }
+
+    pub fn yaml(&self, pg: &PgCluster, nats: &NatsServer) -> String {
+        format!(
+            "listener:\n  slotName: {}\n  publication: {}\n  heartbeatInterval: 1s\n  serverPort: 0\n{}\ndatabase:\n  host: 127.0.0.1\n  port: {}\n  name: postgres\n  user: postgres\npublisher:\n  type: nats\n  address: {}\n  topic: {}\nlogger:\n  level: debug\n  fmt: text\n{}\n",
+            self.slot,
+            self.publication,
+            self.listener_extra,
+            pg.port(),
+            nats.url(),
+            self.topic,
+            self.extra
+        )
+    }
+}
+
+/// A running (or stopped) wal-listener process.
+pub struct Service {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    runs: usize,
+}
+
+impl Service {
+    /// Write `yaml` as the config and start the binary.
+    pub fn start(yaml: &str) -> Service {
+        let dir = tempfile::tempdir().expect("temp dir for the service");
+        std::fs::write(dir.path().join("config.yml"), yaml).expect("write config");
+        let mut service = Service {
+            dir,
+            child: None,
+            runs: 0,
+        };
+        service.start_again();
+        service
+    }
+
+    pub fn dir(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("config.yml")
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join(format!("service-{}.log", self.runs))
+    }
+
+    /// Every log the process wrote, all runs.
+    pub fn log(&self) -> String {
+        (1..=self.runs)
+            .map(|n| read_log(&self.dir.path().join(format!("service-{n}.log"))))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "service already running");
+        self.runs += 1;
+        let log = std::fs::File::create(self.log_path()).expect("create log");
+        let child = Command::new(env!("CARGO_BIN_EXE_wal-listener"))
+            .arg("-c")
+            .arg(self.config_path())
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn wal-listener");
+        self.child = Some(child);
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).expect("service is running")
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// SIGTERM, then wait (up to 60 s) for the exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let pid = self.pid();
+        let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+        self.wait_exit(Duration::from_secs(60))
+    }
+
+    /// kill -9.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Wait for the process to exit on its own.
+    pub fn wait_exit(&mut self, deadline: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("service is running");
+        let until = Instant::now() + deadline;
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => return status,
+                Ok(None) if Instant::now() < until => std::thread::sleep(Duration::from_millis(20)),
+                _ => {
+                    let _ = child.kill();
+                    panic!("wal-listener did not exit within {deadline:?}; log:\n{}", self.log());
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Wait until the service holds its slot (so changes from now on are captured).
+pub fn wait_streaming(pg: &PgCluster, slot: &str, service: &mut Service) {
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let active = pg.psql(&format!(
+            "SELECT active FROM pg_replication_slots WHERE slot_name = '{slot}'"
+        ));
+        if active == "t" {
+            return;
+        }
+        if !service.is_running() || Instant::now() > until {
+            panic!(
+                "wal-listener did not start streaming from slot {slot}; log:\n{}",
+                service.log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The slot's confirmed_flush_lsn as a number.
+pub fn confirmed_flush(pg: &PgCluster, slot: &str) -> u64 {
+    let text = pg.psql(&format!(
+        "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '{slot}'"
+    ));
+    parse_lsn(&text)
+}
+
+pub fn parse_lsn(text: &str) -> u64 {
+    let (hi, lo) = text
+        .trim()
+        .split_once('/')
+        .unwrap_or_else(|| panic!("not an LSN: {text:?}"));
+    let hi = u64::from_str_radix(hi, 16).unwrap_or_else(|_| panic!("not an LSN: {text:?}"));
+    let lo = u64::from_str_radix(lo, 16).unwrap_or_else(|_| panic!("not an LSN: {text:?}"));
+    (hi << 32) | lo
+}

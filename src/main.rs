@@ -98,7 +98,7 @@ fn run(config: Config, warnings: &[String]) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = %e, "wal-listener stopped");
+            // One line, no backtrace: what failed and what to do about it.
             eprintln!("wal-listener: {e}");
             ExitCode::FAILURE
         }

@@ -218,3 +218,20 @@ async fn an_idle_slot_advances_with_the_server() {
     assert_eq!(nats.stream_len(&setup.topic).await, Some(0));
     blocking(|| service.terminate());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_does_not_capture_our_subjects_is_a_clear_fatal_error() {
+    let (pg, nats) = blocking(|| (PgCluster::start(), NatsServer::start()));
+    let setup = Setup::new("mismatch");
+    nats.create_stream(&setup.topic, &["something.else"]).await;
+    let mut service = Service::start(&setup.yaml(&pg, &nats));
+    let status = blocking(|| service.wait_exit(DEADLINE));
+    assert_eq!(status.code(), Some(1), "log:\n{}", service.log());
+    let log = service.log();
+    let last = log.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("wal-listener: JetStream stream \"cdc_mismatch\" exists but captures [\"something.else\"], not \"cdc_mismatch.>\""),
+        "{last}"
+    );
+    assert!(!log.contains("panicked") && !log.contains("backtrace"), "{log}");
+}

@@ -216,8 +216,8 @@ async fn publish_loop(
             _ = sink.lost() => {
                 return Err(SessionError::Transient("the NATS connection was lost; replaying from the last confirmed position".into()));
             }
-            Some(done) = acks.next_flushed(), if !acks.is_empty() => {
-                let lsn = done?;
+            Some(done) = acks.next(), if !acks.is_empty() => {
+                let Some(lsn) = done? else { continue };
                 flushed.send_if_modified(|current| {
                     let advanced = lsn > *current;
                     if advanced {

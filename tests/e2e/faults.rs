@@ -279,3 +279,23 @@ async fn an_oversize_message_goes_to_the_dead_letter_subject_and_the_stream_goes
     assert!(service.is_running());
     blocking(|| service.terminate());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_larger_than_the_ack_window_streams_through() {
+    let (pg, nats) = blocking(|| (PgCluster::start(), NatsServer::start()));
+    pg.psql("CREATE TABLE wide (id int4 PRIMARY KEY)");
+    let setup = Setup::new("window");
+    let yaml = setup
+        .yaml(&pg, &nats)
+        .replace("  type: nats\n", "  type: nats\n  maxInFlight: 4\n");
+    let mut service = Service::start(&yaml);
+    blocking(|| wait_streaming(&pg, &setup.slot, &mut service));
+    pg.psql("INSERT INTO wide SELECT generate_series(1, 1000)");
+    let messages = nats.wait_for_messages(&setup.topic, 1000, DEADLINE).await;
+    let ids: Vec<i64> = messages
+        .iter()
+        .map(|m| m.json()["data"]["id"].as_i64().unwrap_or(-1))
+        .collect();
+    assert_eq!(ids, (1..=1000).collect::<Vec<i64>>());
+    blocking(|| service.terminate());
+}

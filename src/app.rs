@@ -89,11 +89,17 @@ enum Outbound {
 
 /// Run until `shutdown` is cancelled (Ok) or a fatal error (Err).
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppError> {
+    let watch_scripts = reload::Watch::start(&config);
     let router = reload::build(&config).map_err(AppError::Fatal)?;
     tracing::info!(script = %router.name(), "routing script loaded");
     let (versions_tx, mut versions) = watch::channel(Arc::new(reload::Version { router, number: 1 }));
     let config = Arc::new(config);
-    let _reloader = AbortOnDropHandle::new(tokio::spawn(reload::run(config.clone(), versions_tx, shutdown.clone())));
+    let _reloader = AbortOnDropHandle::new(tokio::spawn(reload::run(
+        config.clone(),
+        watch_scripts,
+        versions_tx,
+        shutdown.clone(),
+    )));
     let mut backoff = BACKOFF_MIN;
     let mut standby = false;
     loop {

@@ -299,7 +299,13 @@ impl Config {
             source,
         })?;
         let env: Vec<(String, String)> = std::env::vars().filter(|(k, _)| k.starts_with("WAL_")).collect();
-        let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        // Relative paths in the file (scripts.path, certificates) are relative to it; keep the
+        // directory absolute so watching it and resolving modules do not depend on the cwd.
+        let parent = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let base_dir = parent.canonicalize().unwrap_or_else(|_| parent.to_path_buf());
         Self::from_yaml(&text, &env, base_dir).map_err(|e| match e {
             ConfigError::Yaml { source, .. } => ConfigError::Yaml {
                 path: path.to_path_buf(),

@@ -131,6 +131,24 @@ fn check(config: &Config, warnings: &[String], connect: bool) -> ExitCode {
             ok = false;
         }
     }
+    if let Some(dir) = wal_listener::script::reload::scripts_dir(config) {
+        let files = wal_listener::script::cases::case_files(&dir);
+        if !files.is_empty() {
+            let report = wal_listener::script::cases::run(config, &files);
+            for failure in &report.failures {
+                println!("error: script test case: {failure}");
+            }
+            if report.failures.is_empty() {
+                println!(
+                    "ok: {} script test cases passed ({})",
+                    report.passed,
+                    dir.join("cases").display()
+                );
+            } else {
+                ok = false;
+            }
+        }
+    }
     if connect {
         match runtime() {
             Ok(rt) => ok &= rt.block_on(check_connections(config)),

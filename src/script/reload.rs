@@ -54,20 +54,49 @@ pub fn scripts_dir(config: &Config) -> Option<PathBuf> {
         .map(|p| p.parent().map(Path::to_path_buf).unwrap_or_default())
 }
 
+/// File watching started *before* the first version is compiled, so no change can slip in
+/// between the compile and the watch.
+pub struct Watch {
+    _watcher: Option<notify::RecommendedWatcher>,
+    events: mpsc::Receiver<()>,
+    fingerprint: Option<u64>,
+}
+
+impl Watch {
+    /// Start watching the scripts directory (when `scripts.watch` is on) and take its
+    /// fingerprint; call before [`build`] for the first version.
+    pub fn start(config: &Config) -> Watch {
+        let (events_tx, events) = mpsc::channel::<()>(1);
+        let watcher = match (scripts_dir(config), config.scripts.watch) {
+            (Some(dir), true) => match watch_dir(&dir, events_tx) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::error!(dir = %dir.display(), error = %e, "cannot watch the scripts directory; reload with SIGHUP");
+                    None
+                }
+            },
+            _ => None,
+        };
+        Watch {
+            _watcher: watcher,
+            events,
+            fingerprint: scripts_dir(config).map(|d| fingerprint(&d)),
+        }
+    }
+}
+
 /// Watch for changes (and SIGHUP) until `shutdown`, publishing each good new version.
-pub async fn run(config: Arc<Config>, versions: watch::Sender<Arc<Version>>, shutdown: CancellationToken) {
-    let (events_tx, mut events) = mpsc::channel::<()>(1);
-    // Keep the watcher alive for as long as this task runs.
-    let _watcher = match (scripts_dir(&config), config.scripts.watch) {
-        (Some(dir), true) => match watch_dir(&dir, events_tx) {
-            Ok(w) => Some(w),
-            Err(e) => {
-                tracing::error!(dir = %dir.display(), error = %e, "cannot watch the scripts directory; reload with SIGHUP");
-                None
-            }
-        },
-        _ => None,
-    };
+pub async fn run(
+    config: Arc<Config>,
+    watch: Watch,
+    versions: watch::Sender<Arc<Version>>,
+    shutdown: CancellationToken,
+) {
+    let Watch {
+        _watcher,
+        mut events,
+        fingerprint: mut last_print,
+    } = watch;
     let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(s) => Some(s),
         Err(e) => {
@@ -75,7 +104,6 @@ pub async fn run(config: Arc<Config>, versions: watch::Sender<Arc<Version>>, shu
             None
         }
     };
-    let mut last_print = scripts_dir(&config).map(|d| fingerprint(&d));
     let mut due: Option<tokio::time::Instant> = None;
     let mut forced = false;
     loop {
@@ -119,7 +147,12 @@ pub async fn run(config: Arc<Config>, versions: watch::Sender<Arc<Version>>, shu
 
 fn watch_dir(dir: &Path, events: mpsc::Sender<()>) -> notify::Result<notify::RecommendedWatcher> {
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
+        // Reads (ours included) change nothing; other files in the directory (a log file,
+        // say) are not the script's business.
+        if let Ok(event) = event
+            && !matches!(event.kind, notify::EventKind::Access(_))
+            && event.paths.iter().any(|p| is_script_file(p) || is_configmap_link(p))
+        {
             // A full channel already means "something changed".
             let _ = events.try_send(());
         }
@@ -128,8 +161,18 @@ fn watch_dir(dir: &Path, events: mpsc::Sender<()>) -> notify::Result<notify::Rec
     Ok(watcher)
 }
 
-/// A hash of every file's path and content under `dir` (following symlinks, as a ConfigMap
-/// mount needs), to skip reloads that change nothing.
+/// Lua sources and case files: what a version is made of.
+fn is_script_file(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "lua" || e == "json")
+}
+
+/// Kubernetes swaps a ConfigMap by renaming its `..data` symlink.
+fn is_configmap_link(path: &Path) -> bool {
+    path.file_name().is_some_and(|n| n.to_string_lossy().starts_with(".."))
+}
+
+/// A hash of the path and content of every script and case file under `dir` (following
+/// symlinks, as a ConfigMap mount needs), to skip reloads that change nothing.
 fn fingerprint(dir: &Path) -> u64 {
     let mut files = Vec::new();
     collect(dir, dir, 0, &mut files);
@@ -156,7 +199,9 @@ fn collect(root: &Path, dir: &Path, depth: usize, out: &mut Vec<(PathBuf, Vec<u8
             if depth < 8 {
                 collect(root, &path, depth + 1, out);
             }
-        } else if let Ok(content) = std::fs::read(&path) {
+        } else if is_script_file(&path)
+            && let Ok(content) = std::fs::read(&path)
+        {
             out.push((path.strip_prefix(root).unwrap_or(&path).to_path_buf(), content));
         }
     }

@@ -185,3 +185,47 @@ fn compile_errors_name_the_script() {
         Err(ScriptError::NoRoute { .. })
     ));
 }
+
+#[test]
+fn the_default_scripts_cases_pass() {
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/cases/default.json");
+    let report = super::cases::run(&config(""), &[file]);
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    assert_eq!(report.passed, 6);
+}
+
+#[test]
+fn require_stays_inside_the_scripts_directory() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::create_dir(dir.path().join("lib")).expect("mkdir");
+    std::fs::write(dir.path().join("lib/names.lua"), "return { prefix = 'cdc' }").expect("write");
+    std::fs::write(
+        dir.path().join("route.lua"),
+        "local n = require('lib.names') function route(e) return n.prefix .. '.x' end",
+    )
+    .expect("write");
+    let outside = tempfile::tempdir().expect("temp dir");
+    std::fs::write(outside.path().join("evil.lua"), "return {}").expect("write");
+    std::os::unix::fs::symlink(outside.path().join("evil.lua"), dir.path().join("link.lua")).expect("symlink");
+    let cfg = Config::from_yaml("scripts:\n  path: route.lua\n", &[], dir.path().to_path_buf())
+        .expect("config")
+        .0;
+    let router = Router::from_config(&cfg).expect("compiles with a module");
+    assert_eq!(subjects(&router, &event("s", "t", "INSERT")), ["cdc.x"]);
+    for (name, why) in [
+        ("../x", "dotted identifiers"),
+        ("/etc/passwd", "dotted identifiers"),
+        ("link", "outside the scripts directory"),
+        ("missing", "cannot read"),
+    ] {
+        let script = format!("function route(e) return require('{name}') end");
+        std::fs::write(dir.path().join("route.lua"), script).expect("write");
+        let router = Router::from_config(&cfg).expect("compiles");
+        let err = router
+            .route(&event("s", "t", "INSERT"))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains(why), "require({name}): {err}");
+    }
+}

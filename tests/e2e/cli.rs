@@ -78,3 +78,61 @@ fn route_prints_the_messages_a_script_produces() {
     assert_eq!(lines[0]["payload"]["data"]["id"], 1);
     assert_eq!(lines[0]["headers"]["Wal-Action"], "INSERT");
 }
+
+#[test]
+fn check_runs_the_script_test_cases_and_fails_on_a_wrong_expectation() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::create_dir(dir.path().join("cases")).expect("mkdir");
+    std::fs::write(
+        dir.path().join("route.lua"),
+        "function route(e) return 'a.' .. e.table end",
+    )
+    .expect("write");
+    let case = |subject: &str| {
+        format!(
+            r#"{{"cases": [{{"name": "users", "event": {{"schema": "public", "table": "users", "action": "INSERT"}}, "expect": [{{"subject": "{subject}"}}]}}]}}"#
+        )
+    };
+    std::fs::write(dir.path().join("cases/users.json"), case("a.users")).expect("write");
+    let config = dir.path().join("config.yml");
+    std::fs::write(&config, "scripts:\n  path: route.lua\n").expect("write");
+    let run = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_wal-listener"))
+            .arg("check")
+            .arg("-c")
+            .arg(&config)
+            .output()
+            .expect("run");
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (code, out) = run();
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("ok: 1 script test cases passed"), "{out}");
+
+    std::fs::write(dir.path().join("cases/users.json"), case("a.wrong")).expect("write");
+    let (code, out) = run();
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("case \"users\": message 1: subject \"a.users\", expected \"a.wrong\""),
+        "{out}"
+    );
+}
+
+#[test]
+fn every_shipped_example_passes_check() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&root).expect("examples/") {
+        let config = entry.expect("entry").path().join("config.yml");
+        let out = Command::new(env!("CARGO_BIN_EXE_wal-listener"))
+            .arg("check")
+            .arg("-c")
+            .arg(&config)
+            .output()
+            .expect("run");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{}: {stdout}", config.display());
+        checked += 1;
+    }
+    assert!(checked >= 7, "only {checked} examples");
+}

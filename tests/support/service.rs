@@ -53,8 +53,20 @@ pub struct Service {
 impl Service {
     /// Write `yaml` as the config and start the binary.
     pub fn start(yaml: &str) -> Service {
+        Service::start_with_files(yaml, &[])
+    }
+
+    /// Like [`Service::start`], with extra files (scripts) written next to the config first.
+    pub fn start_with_files(yaml: &str, files: &[(&str, &str)]) -> Service {
         let dir = tempfile::tempdir().expect("temp dir for the service");
         std::fs::write(dir.path().join("config.yml"), yaml).expect("write config");
+        for (name, content) in files {
+            let path = dir.path().join(name);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).expect("create dirs");
+            }
+            std::fs::write(path, content).expect("write file");
+        }
         let mut service = Service {
             dir,
             child: None,
@@ -66,6 +78,13 @@ impl Service {
 
     pub fn dir(&self) -> PathBuf {
         self.dir.path().to_path_buf()
+    }
+
+    /// Replace a file the way editors do: write a temporary file, then rename it over the old.
+    pub fn replace_file(&self, name: &str, content: &str) {
+        let tmp = self.dir.path().join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, content).expect("write temp file");
+        std::fs::rename(&tmp, self.dir.path().join(name)).expect("rename over");
     }
 
     pub fn config_path(&self) -> PathBuf {

@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::ack::AckWindow;
+use crate::catalog::Catalog;
 use crate::config::{Config, OnError};
 use crate::decode;
 use crate::event::{Assembler, ChangeEvent, Item};
@@ -130,6 +131,10 @@ async fn session(config: &Config, router: &Router, shutdown: &CancellationToken)
     let mut publisher = AbortOnDropHandle::new(tokio::spawn(publish_loop(sink, rx, flushed_tx, ACK_WINDOW)));
 
     let mut transform = Transform::new(config, router, slot.confirmed_flush);
+    // Domains, arrays and user types need pg_type (crate::catalog); new ones are looked up
+    // between two messages, below.
+    let catalog = Catalog::connect(config).await?;
+    transform.assembler.set_types(catalog.registry().await?);
     let mut items = Vec::new();
     'stream: loop {
         let frame = tokio::select! {
@@ -146,6 +151,7 @@ async fn session(config: &Config, router: &Router, shutdown: &CancellationToken)
             return Err(SessionError::Transient("the replication stream ended".into()));
         };
         transform.frame(frame, &mut items)?;
+        catalog.resolve(&mut transform.assembler).await?;
         for item in items.drain(..) {
             tokio::select! {
                 biased;

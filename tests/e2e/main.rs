@@ -5,4 +5,6 @@
 mod support;
 
 mod cli;
+mod expect;
 mod pipeline;
+mod types;

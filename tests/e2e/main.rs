@@ -7,4 +7,5 @@ mod support;
 mod cli;
 mod expect;
 mod pipeline;
+mod toast;
 mod types;

@@ -6,6 +6,8 @@ mod support;
 
 mod cli;
 mod expect;
+mod identifiers;
+mod messages;
 mod pipeline;
 mod toast;
 mod types;

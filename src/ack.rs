@@ -64,25 +64,20 @@ impl<E: Send + 'static> AckWindow<E> {
         self.messages
     }
 
-    /// The next LSN that became flushed, waiting for acks as needed. `None` when empty.
-    /// An ack error is returned as soon as it is the oldest entry.
-    pub async fn next_flushed(&mut self) -> Option<Result<Lsn, E>> {
-        std::future::poll_fn(|cx| self.poll_flushed(cx)).await
+    /// The next entry to complete, in insertion order: `Ok(Some(lsn))` when a checkpoint's LSN
+    /// became flushed, `Ok(None)` when a message was acknowledged (a slot in the window freed).
+    /// `None` when the window is empty. An ack error is returned as soon as it is the oldest
+    /// entry.
+    pub async fn next(&mut self) -> Option<Result<Option<Lsn>, E>> {
+        std::future::poll_fn(|cx| self.poll_entry(cx)).await
     }
 
-    fn poll_flushed(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Lsn, E>>> {
-        loop {
-            match Pin::new(&mut self.entries).poll_next(cx) {
-                Poll::Ready(Some(Ok(Some(lsn)))) => return Poll::Ready(Some(Ok(lsn))),
-                Poll::Ready(Some(Ok(None))) => self.messages -= 1,
-                Poll::Ready(Some(Err(e))) => {
-                    self.messages = self.messages.saturating_sub(1);
-                    return Poll::Ready(Some(Err(e)));
-                }
-                Poll::Ready(None) => return Poll::Ready(None),
-                Poll::Pending => return Poll::Pending,
-            }
+    fn poll_entry(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Option<Lsn>, E>>> {
+        let polled = Pin::new(&mut self.entries).poll_next(cx);
+        if let Poll::Ready(Some(Ok(None) | Err(_))) = polled {
+            self.messages = self.messages.saturating_sub(1);
         }
+        polled
     }
 }
 
@@ -108,13 +103,15 @@ mod tests {
 
         // The second ack arrives first: nothing may be flushed yet.
         b_tx.send(Ok(())).ok();
-        let poll = tokio::time::timeout(std::time::Duration::from_millis(50), w.next_flushed()).await;
-        assert!(poll.is_err(), "flushed before the first ack");
+        let poll = tokio::time::timeout(std::time::Duration::from_millis(50), w.next()).await;
+        assert!(poll.is_err(), "progress before the first ack");
 
         a_tx.send(Ok(())).ok();
-        assert_eq!(w.next_flushed().await, Some(Ok(Lsn(100))));
-        assert_eq!(w.next_flushed().await, Some(Ok(Lsn(200))));
-        assert_eq!(w.next_flushed().await, None);
+        assert_eq!(w.next().await, Some(Ok(None)));
+        assert_eq!(w.next().await, Some(Ok(Some(Lsn(100)))));
+        assert_eq!(w.next().await, Some(Ok(None)));
+        assert_eq!(w.next().await, Some(Ok(Some(Lsn(200)))));
+        assert_eq!(w.next().await, None);
         assert_eq!(w.in_flight(), 0);
     }
 
@@ -126,8 +123,19 @@ mod tests {
         w.push_message(ack(a_rx));
         w.push_checkpoint(Lsn(100));
         a_tx.send(Err("timed out".into())).ok();
-        assert_eq!(w.next_flushed().await, Some(Ok(Lsn(50))));
-        assert_eq!(w.next_flushed().await, Some(Err("timed out".to_string())));
+        assert_eq!(w.next().await, Some(Ok(Some(Lsn(50)))));
+        assert_eq!(w.next().await, Some(Err("timed out".to_string())));
+    }
+
+    /// A full window of one must report each ack, or a publisher waiting for room would
+    /// never be told there is some (found by the benchmark with maxInFlight: 1).
+    #[tokio::test]
+    async fn each_ack_frees_room_even_without_a_checkpoint() {
+        let mut w = AckWindow::<String>::new(1);
+        w.push_message(std::future::ready(Ok(())));
+        assert!(w.is_full());
+        assert_eq!(w.next().await, Some(Ok(None)));
+        assert!(!w.is_full() && w.is_empty());
     }
 
     #[test]

@@ -28,23 +28,22 @@ use tokio_util::task::AbortOnDropHandle;
 
 use crate::ack::AckWindow;
 use crate::catalog::Catalog;
-use crate::config::{Config, OnError};
+use crate::config::{Config, OnError, PublisherKind};
 use crate::decode;
 use crate::event::{Assembler, ChangeEvent, Item};
 use crate::lsn::Lsn;
 use crate::publish::{self, OutMessage, PublishError, Sink};
-use crate::script::{RouteError, Router};
+use crate::script::Router;
 use crate::source::{Frame, PgwireReplication, Replication, SourceError, setup};
 
-/// Messages a session may have in flight before waiting for acks (measured best of
-/// 256/1024/4096 on 2 cores, FACTS.md).
-const ACK_WINDOW: usize = 1024;
 /// Items buffered between the transform loop and the publisher.
 const CHANNEL: usize = 1024;
 /// How long SIGTERM waits for in-flight acks before giving up on them.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// How often a standby checks whether the slot became free.
+const STANDBY_POLL: Duration = Duration::from_secs(1);
 
 /// Why the service stopped.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +57,8 @@ pub enum AppError {
 enum SessionError {
     Transient(String),
     Fatal(String),
+    /// The slot is streamed by another instance.
+    Standby(String),
 }
 
 impl From<SourceError> for SessionError {
@@ -65,6 +66,7 @@ impl From<SourceError> for SessionError {
         match e {
             SourceError::Transient(m) => SessionError::Transient(m),
             SourceError::Fatal(m) => SessionError::Fatal(m),
+            SourceError::SlotBusy(m) => SessionError::Standby(m),
         }
     }
 }
@@ -90,11 +92,22 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
     let mut router = Router::from_config(&config).map_err(|e| AppError::Fatal(e.to_string()))?;
     tracing::info!(script = %router.name(), "routing script loaded");
     let mut backoff = BACKOFF_MIN;
+    let mut standby = false;
     loop {
         let started = Instant::now();
         match session(&config, &router, &shutdown).await {
             Ok(()) => return Ok(()),
             Err(SessionError::Fatal(message)) => return Err(AppError::Fatal(message)),
+            Err(SessionError::Standby(message)) => {
+                if !standby {
+                    tracing::info!(slot = %config.listener.slot_name, reason = %message, "another instance streams from the slot; waiting as standby");
+                    standby = true;
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(STANDBY_POLL) => {}
+                }
+            }
             Err(SessionError::Transient(message)) => {
                 if started.elapsed() > BACKOFF_MAX * 2 {
                     backoff = BACKOFF_MIN;
@@ -118,19 +131,21 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
 
 /// One replication + NATS connection, from the slot's confirmed LSN until shutdown or failure.
 async fn session(config: &Config, router: &Router, shutdown: &CancellationToken) -> Result<(), SessionError> {
-    let sink = Sink::connect(config).await?;
     let slot = setup::prepare(config).await?;
     if slot.active {
-        tracing::info!(slot = %config.listener.slot_name, "slot is in use by another connection; waiting as standby");
+        return Err(SessionError::Standby("the slot is active on another connection".into()));
     }
+    let sink = Sink::connect(config).await?;
+    let max_payload = sink.max_payload();
     let mut repl = PgwireReplication::start(config, slot.confirmed_flush).await?;
     tracing::info!(slot = %config.listener.slot_name, from = %slot.confirmed_flush, "streaming changes");
 
     let (tx, rx) = mpsc::channel(CHANNEL);
     let (flushed_tx, mut flushed_rx) = watch::channel(slot.confirmed_flush);
-    let mut publisher = AbortOnDropHandle::new(tokio::spawn(publish_loop(sink, rx, flushed_tx, ACK_WINDOW)));
+    let window = config.publisher.max_in_flight;
+    let mut publisher = AbortOnDropHandle::new(tokio::spawn(publish_loop(sink, rx, flushed_tx, window)));
 
-    let mut transform = Transform::new(config, router, slot.confirmed_flush);
+    let mut transform = Transform::new(config, router, slot.confirmed_flush, max_payload);
     // Domains, arrays and user types need pg_type (crate::catalog); new ones are looked up
     // between two messages, below.
     let catalog = Catalog::connect(config).await?;
@@ -180,7 +195,7 @@ async fn session(config: &Config, router: &Router, shutdown: &CancellationToken)
 fn describe_end(done: Result<Result<(), SessionError>, tokio::task::JoinError>) -> String {
     match done {
         Ok(Ok(())) => "the publisher stopped".into(),
-        Ok(Err(SessionError::Transient(m) | SessionError::Fatal(m))) => m,
+        Ok(Err(SessionError::Transient(m) | SessionError::Fatal(m) | SessionError::Standby(m))) => m,
         Err(e) => format!("the publisher task failed: {e}"),
     }
 }
@@ -201,11 +216,14 @@ async fn publish_loop(
 ) -> Result<(), SessionError> {
     let mut acks = AckWindow::<PublishError>::new(window);
     let mut open = true;
-    loop {
+    while open || !acks.is_empty() {
         tokio::select! {
             biased;
-            Some(done) = acks.next_flushed(), if !acks.is_empty() => {
-                let lsn = done?;
+            _ = sink.lost() => {
+                return Err(SessionError::Transient("the NATS connection was lost; replaying from the last confirmed position".into()));
+            }
+            Some(done) = acks.next(), if !acks.is_empty() => {
+                let Some(lsn) = done? else { continue };
                 flushed.send_if_modified(|current| {
                     let advanced = lsn > *current;
                     if advanced {
@@ -219,7 +237,6 @@ async fn publish_loop(
                 Some(Outbound::Checkpoint(lsn)) => acks.push_checkpoint(lsn),
                 None => open = false,
             },
-            else => break,
         }
     }
     sink.flush().await?;
@@ -234,18 +251,34 @@ struct Transform<'a> {
     events: Vec<Item>,
     /// The newest LSN handed on as a checkpoint (checkpoints only move forward).
     checkpoint: Lsn,
+    /// Whether positions are confirmed at all (not for a stdout dry run, unless asked).
+    confirm: bool,
+    /// The server's limit for one message; larger ones go to `scripts.onError`.
+    max_payload: Option<usize>,
     dead_letter_subject: String,
 }
 
 impl<'a> Transform<'a> {
-    fn new(config: &'a Config, router: &'a Router, start: Lsn) -> Self {
+    fn new(config: &'a Config, router: &'a Router, start: Lsn, max_payload: Option<usize>) -> Self {
         Transform {
             config,
             router,
             assembler: Assembler::new(),
             events: Vec::new(),
             checkpoint: start,
+            confirm: config.publisher.kind != PublisherKind::Stdout || config.publisher.confirm_stdout,
+            max_payload,
             dead_letter_subject: config.dead_letter_subject(),
+        }
+    }
+
+    /// Hand on a position that becomes confirmable after everything before it.
+    fn checkpoint(&mut self, lsn: Lsn, out: &mut Vec<Outbound>) {
+        if lsn > self.checkpoint {
+            self.checkpoint = lsn;
+            if self.confirm {
+                out.push(Outbound::Checkpoint(lsn));
+            }
         }
     }
 
@@ -254,9 +287,8 @@ impl<'a> Transform<'a> {
             Frame::KeepAlive(wal_end) => {
                 // Idle: nothing of an open transaction is pending, so the server's WAL end
                 // may be confirmed once earlier acks are in — the slot does not hold WAL back.
-                if !self.assembler.in_transaction() && wal_end > self.checkpoint {
-                    self.checkpoint = wal_end;
-                    out.push(Outbound::Checkpoint(wal_end));
+                if !self.assembler.in_transaction() {
+                    self.checkpoint(wal_end, out);
                 }
                 return Ok(());
             }
@@ -276,58 +308,68 @@ impl<'a> Transform<'a> {
         for item in std::mem::take(&mut self.events) {
             match item {
                 Item::Change(event) => self.route(Arc::new(event), out)?,
-                Item::TxEnd(end_lsn) => {
-                    if end_lsn > self.checkpoint {
-                        self.checkpoint = end_lsn;
-                        out.push(Outbound::Checkpoint(end_lsn));
-                    }
-                }
+                Item::TxEnd(end_lsn) => self.checkpoint(end_lsn, out),
             }
         }
         Ok(())
     }
 
     fn route(&mut self, event: Arc<ChangeEvent>, out: &mut Vec<Outbound>) -> Result<(), SessionError> {
-        match self.router.route(&event) {
-            Ok(routed) => {
-                let mut default_payload: Option<Bytes> = None;
-                for (index, message) in routed.into_iter().enumerate() {
-                    out.push(Outbound::Publish(publish::envelope(
-                        &event,
-                        message,
-                        index,
-                        &mut default_payload,
-                    )));
-                }
-                Ok(())
+        let routed = match self.router.route(&event) {
+            Ok(routed) => routed,
+            Err(error) => return self.event_failed(&event, &error, out),
+        };
+        let mut default_payload: Option<Bytes> = None;
+        let mut messages = Vec::with_capacity(routed.len());
+        for (index, message) in routed.into_iter().enumerate() {
+            let message = publish::envelope(&event, message, index, &mut default_payload);
+            if let Some(limit) = self.max_payload
+                && message.wire_size() > limit
+            {
+                // All or none of an event's messages go out, so a fan-out is never half-published.
+                let error = format!(
+                    "message for {} is {} bytes, more than the NATS server's max_payload of {limit}",
+                    message.subject,
+                    message.wire_size()
+                );
+                return self.event_failed(&event, &error, out);
             }
-            Err(error) => self.script_failed(&event, &error, out),
+            messages.push(Outbound::Publish(message));
         }
+        out.extend(messages);
+        Ok(())
     }
 
-    fn script_failed(
+    /// An event that cannot be published as routed: `scripts.onError` decides.
+    fn event_failed(
         &mut self,
         event: &ChangeEvent,
-        error: &RouteError,
+        error: &dyn std::fmt::Display,
         out: &mut Vec<Outbound>,
     ) -> Result<(), SessionError> {
         let table = format!("{}.{}", event.schema, event.table);
         match self.config.scripts.on_error {
             OnError::DeadLetter => {
-                tracing::warn!(script = %self.router.name(), %table, lsn = %event.commit_lsn, error = %error, subject = %self.dead_letter_subject, "script error; event sent to the dead-letter subject");
-                out.push(Outbound::Publish(publish::dead_letter(
-                    event,
-                    &self.dead_letter_subject,
-                    &error.to_string(),
-                )));
+                tracing::warn!(script = %self.router.name(), %table, lsn = %event.commit_lsn, error = %error, subject = %self.dead_letter_subject, "event not publishable; sent to the dead-letter subject");
+                let mut letter = publish::dead_letter(event, &self.dead_letter_subject, &error.to_string());
+                if let Some(limit) = self.max_payload
+                    && letter.wire_size() > limit
+                {
+                    // The event itself is too large to carry: the dead letter says where it is.
+                    letter.payload = Bytes::new();
+                    letter
+                        .headers
+                        .insert("Wal-Error", format!("{error} (payload omitted: too large)").as_str());
+                }
+                out.push(Outbound::Publish(letter));
                 Ok(())
             }
             OnError::Skip => {
-                tracing::warn!(script = %self.router.name(), %table, lsn = %event.commit_lsn, error = %error, "script error; event skipped");
+                tracing::warn!(script = %self.router.name(), %table, lsn = %event.commit_lsn, error = %error, "event not publishable; skipped");
                 Ok(())
             }
             OnError::Halt => Err(SessionError::Transient(format!(
-                "script error at {table} (commit {}, change {}): {error}; publishing halted until the script handles it (scripts.onError: halt)",
+                "cannot publish the change at {table} (commit {}, change {}): {error}; publishing halted until it can be (scripts.onError: halt)",
                 event.commit_lsn, event.ordinal
             ))),
         }

@@ -132,6 +132,11 @@ pub struct Publisher {
     /// JetStream duplicate window for a stream we create.
     #[serde(with = "duration_text")]
     pub duplicate_window: Duration,
+    /// Messages published but not yet acknowledged, at most.
+    pub max_in_flight: usize,
+    /// With `type: stdout`, confirm printed changes on the slot (off: a dry run leaves the
+    /// slot where it was).
+    pub confirm_stdout: bool,
 }
 
 impl Default for Publisher {
@@ -150,6 +155,8 @@ impl Default for Publisher {
             tls_cert_file: None,
             tls_key_file: None,
             duplicate_window: Duration::from_secs(120),
+            max_in_flight: 1024,
+            confirm_stdout: false,
         }
     }
 }
@@ -393,6 +400,11 @@ impl Config {
                 "publisher.address is empty: give a NATS URL such as nats://localhost:4222",
             ));
         }
+        if !(1..=65_536).contains(&self.publisher.max_in_flight) {
+            return Err(invalid(
+                "publisher.maxInFlight must be between 1 and 65536 (1024 is a good default)",
+            ));
+        }
         if self.publisher.duplicate_window < Duration::from_secs(1) {
             return Err(invalid(
                 "publisher.duplicateWindow must be at least 1s (2m or more recommended)",
@@ -506,6 +518,8 @@ const SCHEMA: &[(&str, Kind)] = &[
             ("tlsCertFile", Str),
             ("tlsKeyFile", Str),
             ("duplicateWindow", Duration),
+            ("maxInFlight", Int),
+            ("confirmStdout", Bool),
             (
                 "enableTLS",
                 Ignored("it is a Kafka option; for NATS set tlsCaFile/tlsCertFile/tlsKeyFile"),

@@ -61,6 +61,24 @@ pub fn dead_letter(event: &ChangeEvent, subject: &str, error: &str) -> OutMessag
     }
 }
 
+impl OutMessage {
+    /// Bytes the message takes against the server's `max_payload` (payload plus the header
+    /// block, `NATS/1.0\r\n` + `Name: value\r\n` lines + `\r\n`).
+    pub fn wire_size(&self) -> usize {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(name, values)| {
+                values
+                    .iter()
+                    .map(|v| AsRef::<str>::as_ref(name).len() + v.as_str().len() + 4)
+                    .sum::<usize>()
+            })
+            .sum();
+        self.payload.len() + headers + 12
+    }
+}
+
 fn base_headers(event: &ChangeEvent, msg_id: &str) -> HeaderMap {
     let mut headers = HeaderMap::new();
     headers.insert("Nats-Msg-Id", msg_id);

@@ -45,12 +45,17 @@ pub enum Sink {
     JetStream {
         client: async_nats::Client,
         js: Box<async_nats::jetstream::Context>,
+        lost: Lost,
     },
     Core {
         client: async_nats::Client,
+        lost: Lost,
     },
     Stdout,
 }
+
+/// Becomes `true` when the NATS connection drops.
+type Lost = tokio::sync::watch::Receiver<bool>;
 
 impl Sink {
     /// Connect (and for JetStream, check or create the stream).
@@ -59,56 +64,51 @@ impl Sink {
         if p.kind == PublisherKind::Stdout {
             return Ok(Sink::Stdout);
         }
-        let mut options = async_nats::ConnectOptions::new()
-            .name("wal-listener")
-            .connection_timeout(Duration::from_secs(10))
-            .max_reconnects(None);
-        if let Some(path) = &p.creds_file {
-            options = options
-                .credentials_file(config.base_dir.join(path))
-                .await
-                .map_err(|e| PublishError::Fatal(format!("publisher.credsFile {}: {e}", path.display())))?;
-        }
-        if let Some(path) = &p.nkey_seed_file {
-            let seed = std::fs::read_to_string(config.base_dir.join(path))
-                .map_err(|e| PublishError::Fatal(format!("publisher.nkeySeedFile {}: {e}", path.display())))?;
-            options = options.nkey(seed.trim().to_string());
-        }
-        if let (Some(user), Some(password)) = (&p.user, &p.password) {
-            options = options.user_and_password(user.clone(), password.expose().to_string());
-        }
-        if let Some(token) = &p.token {
-            options = options.token(token.expose().to_string());
-        }
-        if let Some(ca) = &p.tls_ca_file {
-            options = options
-                .add_root_certificates(config.base_dir.join(ca))
-                .require_tls(true);
-        }
-        if let (Some(cert), Some(key)) = (&p.tls_cert_file, &p.tls_key_file) {
-            options = options.add_client_certificate(config.base_dir.join(cert), config.base_dir.join(key));
-        }
         let addresses: Vec<async_nats::ServerAddr> = p
             .address
             .split(',')
             .map(|a| a.trim().parse::<async_nats::ServerAddr>())
             .collect::<Result<_, _>>()
             .map_err(|e| PublishError::Fatal(format!("publisher.address {:?}: {e}", p.address)))?;
-        let client = options.connect(addresses).await.map_err(|e| {
-            let text = e.to_string();
-            if matches!(
-                e.kind(),
-                async_nats::ConnectErrorKind::AuthorizationViolation | async_nats::ConnectErrorKind::Authentication
-            ) {
-                PublishError::Fatal(format!(
-                    "NATS refused the credentials: {text} (check publisher.user/password/token/credsFile)"
-                ))
-            } else {
-                PublishError::Transient(format!("cannot connect to NATS at {}: {text}", p.address))
+        // One address at a time, never reconnecting: if a connection drops, messages the
+        // client still buffers must not reach a server after one that was lost with the old
+        // connection, or the stream's order would break. The session ends instead and replays
+        // from the last confirmed LSN (JetStream drops what it already has).
+        let (lost_tx, lost) = tokio::sync::watch::channel(false);
+        let lost_tx = std::sync::Arc::new(lost_tx);
+        let mut last_error = None;
+        let mut connected = None;
+        for address in addresses {
+            let options = connect_options(config, lost_tx.clone()).await?;
+            match options.connect(address).await {
+                Ok(client) => {
+                    connected = Some(client);
+                    break;
+                }
+                Err(e) => {
+                    let text = e.to_string();
+                    if matches!(
+                        e.kind(),
+                        async_nats::ConnectErrorKind::AuthorizationViolation
+                            | async_nats::ConnectErrorKind::Authentication
+                    ) {
+                        return Err(PublishError::Fatal(format!(
+                            "NATS refused the credentials: {text} (check publisher.user/password/token/credsFile)"
+                        )));
+                    }
+                    last_error = Some(text);
+                }
             }
-        })?;
+        }
+        let Some(client) = connected else {
+            return Err(PublishError::Transient(format!(
+                "cannot connect to NATS at {}: {}",
+                p.address,
+                last_error.unwrap_or_default()
+            )));
+        };
         if p.kind == PublisherKind::NatsCore {
-            return Ok(Sink::Core { client });
+            return Ok(Sink::Core { client, lost });
         }
         let js = async_nats::jetstream::context::ContextBuilder::new()
             .timeout(ACK_TIMEOUT)
@@ -119,7 +119,21 @@ impl Sink {
         Ok(Sink::JetStream {
             client,
             js: Box::new(js),
+            lost,
         })
+    }
+
+    /// Resolves when the connection to NATS is lost (never for stdout).
+    pub async fn lost(&self) {
+        match self {
+            Sink::JetStream { lost, .. } | Sink::Core { lost, .. } => {
+                let mut lost = lost.clone();
+                if lost.wait_for(|l| *l).await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+            Sink::Stdout => std::future::pending().await,
+        }
     }
 
     /// Hand one message to the server; the returned future resolves when it is stored.
@@ -132,7 +146,7 @@ impl Sink {
                 let ack = js.send_publish(msg.subject, publish).await.map_err(publish_error)?;
                 Ok(Box::pin(async move { ack.await.map(|_| ()).map_err(publish_error) }))
             }
-            Sink::Core { client } => {
+            Sink::Core { client, .. } => {
                 client
                     .publish_with_headers(msg.subject, msg.headers, msg.payload)
                     .await
@@ -152,16 +166,72 @@ impl Sink {
         }
     }
 
+    /// The largest message (payload plus headers) the server accepts; `None` for stdout.
+    pub fn max_payload(&self) -> Option<usize> {
+        match self {
+            Sink::JetStream { client, .. } | Sink::Core { client, .. } => Some(client.server_info().max_payload),
+            Sink::Stdout => None,
+        }
+    }
+
     /// Wait until everything sent so far has left the client (core NATS).
     pub async fn flush(&self) -> Result<(), PublishError> {
         match self {
-            Sink::JetStream { client, .. } | Sink::Core { client } => client
+            Sink::JetStream { client, .. } | Sink::Core { client, .. } => client
                 .flush()
                 .await
                 .map_err(|e| PublishError::Transient(format!("NATS flush: {e}"))),
             Sink::Stdout => Ok(()),
         }
     }
+}
+
+/// Client options for one connection attempt: no reconnects (see [`Sink::connect`]),
+/// authentication and TLS from the config, and a callback that reports a lost connection.
+async fn connect_options(
+    config: &Config,
+    lost: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+) -> Result<async_nats::ConnectOptions, PublishError> {
+    let p = &config.publisher;
+    let mut options = async_nats::ConnectOptions::new()
+        .name("wal-listener")
+        .connection_timeout(Duration::from_secs(10))
+        // 1 = the initial connection only (0 would mean "unlimited").
+        .max_reconnects(1)
+        .event_callback(move |event| {
+            let lost = lost.clone();
+            async move {
+                if matches!(event, async_nats::Event::Disconnected | async_nats::Event::Closed) {
+                    lost.send_replace(true);
+                }
+            }
+        });
+    if let Some(path) = &p.creds_file {
+        options = options
+            .credentials_file(config.base_dir.join(path))
+            .await
+            .map_err(|e| PublishError::Fatal(format!("publisher.credsFile {}: {e}", path.display())))?;
+    }
+    if let Some(path) = &p.nkey_seed_file {
+        let seed = std::fs::read_to_string(config.base_dir.join(path))
+            .map_err(|e| PublishError::Fatal(format!("publisher.nkeySeedFile {}: {e}", path.display())))?;
+        options = options.nkey(seed.trim().to_string());
+    }
+    if let (Some(user), Some(password)) = (&p.user, &p.password) {
+        options = options.user_and_password(user.clone(), password.expose().to_string());
+    }
+    if let Some(token) = &p.token {
+        options = options.token(token.expose().to_string());
+    }
+    if let Some(ca) = &p.tls_ca_file {
+        options = options
+            .add_root_certificates(config.base_dir.join(ca))
+            .require_tls(true);
+    }
+    if let (Some(cert), Some(key)) = (&p.tls_cert_file, &p.tls_key_file) {
+        options = options.add_client_certificate(config.base_dir.join(cert), config.base_dir.join(key));
+    }
+    Ok(options)
 }
 
 fn publish_error(e: async_nats::jetstream::context::PublishError) -> PublishError {

@@ -45,6 +45,9 @@ pub enum SourceError {
     /// Retrying cannot help: an operator must act (the message says how).
     #[error("{0}")]
     Fatal(String),
+    /// Another connection streams from the slot: wait as a standby.
+    #[error("{0}")]
+    SlotBusy(String),
 }
 
 /// A logical replication stream.

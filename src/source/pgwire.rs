@@ -84,6 +84,7 @@ fn classify(e: pgwire_replication::PgWireError) -> SourceError {
         E::Tls(_) => SourceError::Fatal(format!(
             "TLS to PostgreSQL failed: {text} (check database.sslMode and database.sslRootCert)"
         )),
+        E::Server(ref msg) if msg.contains("is active for PID") => SourceError::SlotBusy(text),
         E::Server(ref msg) if is_fatal_server_error(msg) => {
             SourceError::Fatal(format!("PostgreSQL refused replication: {text}"))
         }

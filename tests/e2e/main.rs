@@ -6,6 +6,7 @@ mod support;
 
 mod cli;
 mod expect;
+mod faults;
 mod identifiers;
 mod messages;
 mod pipeline;

@@ -1,0 +1,271 @@
+//! `cargo bench --bench drain` — throughput, memory and latency against real servers.
+//!
+//! In one invocation, on throwaway PostgreSQL and nats-server instances:
+//! 1. drains a backlog of 200,000 inserts (100-row transactions) from one slot into JetStream,
+//!    and times `pg_recvlogical` draining a second slot created at the same point (the
+//!    baseline: PostgreSQL's own client writing to /dev/null); prints both rates and the ratio;
+//! 2. the same with `publisher.maxInFlight: 1` (one message at a time, the Go version's
+//!    pattern), over the first 20,000 rows;
+//! 3. peak RSS while publishing one 1,000,000-row transaction;
+//! 4. commit → delivery latency p50/p99 under a steady 5,000 rows/s insert load (measured by a
+//!    subscriber: commitTime in the payload vs arrival, which follows the PubAck by a hair).
+//!
+//! Set `BENCH_ROWS` to change the backlog size (default 200000).
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use support::service::{Service, Setup};
+use support::{NatsServer, PgCluster};
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(run());
+}
+
+async fn run() {
+    let rows: u64 = std::env::var("BENCH_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
+    let pg = PgCluster::start();
+    let nats = NatsServer::start();
+    pg.psql("CREATE TABLE bench (id int8 PRIMARY KEY, note text, at timestamptz DEFAULT now()); CREATE PUBLICATION pub_bench FOR ALL TABLES;");
+
+    // 1 + 2: slots created before the backlog is written.
+    let ours = Setup::new("drain");
+    let single = Setup::new("single");
+    for slot in [&ours.slot, &single.slot, &"baseline".to_string()] {
+        pg.psql(&format!(
+            "SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')"
+        ));
+    }
+    let started = Instant::now();
+    pg.psql(&format!(
+        "DO $$ BEGIN FOR t IN 0..{} LOOP
+           INSERT INTO bench (id, note) SELECT t * 100 + g, repeat('n', 200) FROM generate_series(1, 100) g;
+           COMMIT;
+         END LOOP; END $$;",
+        rows / 100 - 1
+    ));
+    let end_lsn = pg.psql("SELECT pg_current_wal_lsn()");
+    println!(
+        "backlog: {rows} rows in {} transactions written in {:.1?}",
+        rows / 100,
+        started.elapsed()
+    );
+
+    let baseline = time_pg_recvlogical(&pg, &end_lsn);
+    let baseline_rate = rows as f64 / baseline.as_secs_f64();
+
+    let (drained, _) = drain(&pg, &nats, &ours, "pub_bench", 1024, rows).await;
+    let rate = rows as f64 / drained.as_secs_f64();
+    println!("pg_recvlogical (baseline):   {baseline_rate:>9.0} rows/s  ({baseline:.2?})");
+    println!(
+        "wal-listener, 1024 in flight: {rate:>9.0} rows/s  ({drained:.2?})  ratio {:.2}",
+        rate / baseline_rate
+    );
+
+    let sample = rows.min(20_000);
+    let (one, _) = drain(&pg, &nats, &single, "pub_bench", 1, sample).await;
+    let one_rate = sample as f64 / one.as_secs_f64();
+    println!(
+        "wal-listener, 1 in flight:    {one_rate:>9.0} rows/s  (first {sample} rows)  ratio {:.2}; pipelining gains {:.1}x",
+        one_rate / baseline_rate,
+        rate / one_rate
+    );
+
+    // 3: one large transaction.
+    let big = Setup::new("bigtx");
+    pg.psql(&format!(
+        "SELECT pg_create_logical_replication_slot('{}', 'pgoutput')",
+        big.slot
+    ));
+    pg.psql("CREATE TABLE big (id int8 PRIMARY KEY, note text)");
+    let started = Instant::now();
+    pg.psql("INSERT INTO big SELECT g, repeat('b', 200) FROM generate_series(1, 1000000) g");
+    println!("one transaction of 1,000,000 rows written in {:.1?}", started.elapsed());
+    let mut big_setup = big;
+    big_setup.listener_extra = "  filter:\n    tables:\n      big: [insert]\n".into();
+    let (took, peak_kib) = drain(&pg, &nats, &big_setup, "pub_bench", 1024, 1_000_000).await;
+    println!(
+        "1,000,000-row transaction: published in {took:.1?}, peak RSS {:.1} MiB",
+        peak_kib as f64 / 1024.0
+    );
+
+    // 4: latency under a steady load.
+    latency(&pg, &nats).await;
+}
+
+fn time_pg_recvlogical(pg: &PgCluster, end_lsn: &str) -> Duration {
+    let bin = support::pg::pg_bindir().join("pg_recvlogical");
+    let started = Instant::now();
+    let out = Command::new(bin)
+        .args([
+            "-d",
+            &pg.conn_string("postgres"),
+            "--slot",
+            "baseline",
+            "--start",
+            "--no-loop",
+            "-f",
+            "/dev/null",
+        ])
+        .args([
+            "--endpos",
+            end_lsn,
+            "-o",
+            "proto_version=1",
+            "-o",
+            "publication_names=pub_bench",
+        ])
+        .output()
+        .expect("run pg_recvlogical");
+    assert!(
+        out.status.success(),
+        "pg_recvlogical failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    started.elapsed()
+}
+
+/// Start the service on a pre-created slot and time it until `count` messages are stored.
+/// Returns the time and the process's peak RSS in KiB.
+async fn drain(
+    pg: &PgCluster,
+    nats: &NatsServer,
+    setup: &Setup,
+    publication: &str,
+    window: usize,
+    count: u64,
+) -> (Duration, u64) {
+    let mut setup = Setup {
+        publication: publication.into(),
+        ..clone_setup(setup)
+    };
+    setup.extra = format!("scripts:\n  onError: halt\n{}", setup.extra);
+    let yaml = setup
+        .yaml(pg, nats)
+        .replace("level: debug", "level: warn")
+        .replace("  type: nats\n", &format!("  type: nats\n  maxInFlight: {window}\n"));
+    let started = Instant::now();
+    let mut service = Service::start(&yaml);
+    loop {
+        let stored = nats.stream_len(&setup.topic).await.unwrap_or(0);
+        if stored >= count {
+            break;
+        }
+        assert!(service.is_running(), "wal-listener stopped; log:\n{}", service.log());
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "only {stored}/{count} after 10 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let took = started.elapsed();
+    let peak = peak_rss_kib(service.pid());
+    tokio::task::block_in_place(|| service.terminate());
+    (took, peak)
+}
+
+fn clone_setup(s: &Setup) -> Setup {
+    Setup {
+        slot: s.slot.clone(),
+        publication: s.publication.clone(),
+        topic: s.topic.clone(),
+        extra: s.extra.clone(),
+        listener_extra: s.listener_extra.clone(),
+    }
+}
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_string))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|n| n.parse().ok()))
+        .unwrap_or(0)
+}
+
+async fn latency(pg: &PgCluster, nats: &NatsServer) {
+    let setup = Setup::new("latency");
+    pg.psql("CREATE TABLE steady (id int8 PRIMARY KEY, note text)");
+    let mut setup = setup;
+    setup.listener_extra = "  filter:\n    tables:\n      steady: [insert]\n".into();
+    let yaml = setup.yaml(pg, nats).replace("level: debug", "level: warn");
+    let mut service = Service::start(&yaml);
+    tokio::task::block_in_place(|| support::service::wait_streaming(pg, &setup.slot, &mut service));
+    let client = nats.client().await;
+    let mut sub = client.subscribe(format!("{}.>", setup.topic)).await.expect("subscribe");
+
+    let conn = pg.conn_string("postgres");
+    let seconds = 10u64;
+    let loader = tokio::spawn(async move {
+        let (db, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(connection);
+        // 50 rows every 10 ms = 5,000 rows/s.
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        for batch in 0..(seconds * 100) as i64 {
+            tick.tick().await;
+            db.execute(
+                "INSERT INTO steady SELECT $1::int8 * 50 + g, 'x' FROM generate_series(1, 50) g",
+                &[&batch],
+            )
+            .await
+            .expect("insert");
+        }
+    });
+    let expected = seconds * 5_000;
+    let mut latencies = Vec::with_capacity(expected as usize);
+    let deadline = Instant::now() + Duration::from_secs(seconds + 60);
+    while (latencies.len() as u64) < expected && Instant::now() < deadline {
+        let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(5), sub.next()).await else {
+            break;
+        };
+        let arrived = std::time::SystemTime::now();
+        let v: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap_or_default();
+        if let Some(committed) = v["commitTime"].as_str().and_then(parse_time)
+            && let Ok(d) = arrived.duration_since(committed)
+        {
+            latencies.push(d);
+        }
+    }
+    let _ = loader.await;
+    tokio::task::block_in_place(|| service.terminate());
+    latencies.sort();
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
+    println!(
+        "commit → delivery at 5,000 rows/s: {} messages, p50 {:.1?}, p99 {:.1?}, max {:.1?}",
+        latencies.len(),
+        pct(0.50),
+        pct(0.99),
+        latencies.last().copied().unwrap_or_default()
+    );
+}
+
+/// `2026-11-26T10:20:30.123456Z` → SystemTime.
+fn parse_time(text: &str) -> Option<std::time::SystemTime> {
+    let num = |a: usize, b: usize| text.get(a..b)?.parse::<i64>().ok();
+    let (y, m, d) = (num(0, 4)?, num(5, 7)?, num(8, 10)?);
+    let (h, mi, sec, micros) = (num(11, 13)?, num(14, 16)?, num(17, 19)?, num(20, 26)?);
+    let yy = if m <= 2 { y - 1 } else { y };
+    let era = yy.div_euclid(400);
+    let yoe = yy - era * 400;
+    let doy = (153 * ((m + 9) % 12) + 2) / 5 + d - 1;
+    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
+    let unix_micros = (days * 86_400 + h * 3600 + mi * 60 + sec) * 1_000_000 + micros;
+    Some(std::time::UNIX_EPOCH + Duration::from_micros(u64::try_from(unix_micros).ok()?))
+}

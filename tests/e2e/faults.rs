@@ -1,0 +1,301 @@
+//! Delivery guarantees under load and failure (SPEC §6): kill -9, NATS restart, PostgreSQL
+//! restart, two instances on one slot, SIGTERM under load, oversize messages. After each, the
+//! stream holds every committed change exactly once, in commit order.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::support::service::{Service, Setup, wait_streaming};
+use crate::support::{NatsServer, PgCluster, wait_until};
+
+const DEADLINE: Duration = Duration::from_secs(90);
+
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+/// Inserts single-row transactions into `load(id)` until stopped, reconnecting when PostgreSQL
+/// goes away. What committed is read back from the table afterwards (a commit whose answer was
+/// lost in a restart may or may not have happened).
+struct Load {
+    stop: Arc<AtomicBool>,
+    attempts: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Load {
+    fn create_table(pg: &PgCluster) {
+        pg.psql("CREATE TABLE load (id int8 PRIMARY KEY, at timestamptz DEFAULT now())");
+    }
+
+    /// Start inserting; call once the service streams, so every row is after the slot's start.
+    fn start(pg: &PgCluster) -> Load {
+        let conn = pg.conn_string("postgres");
+        let stop = Arc::new(AtomicBool::new(false));
+        let attempts = Arc::new(AtomicU64::new(0));
+        let (stop2, attempts2) = (stop.clone(), attempts.clone());
+        let task = tokio::spawn(async move {
+            let mut next: i64 = 1;
+            while !stop2.load(Ordering::Relaxed) {
+                let Ok((client, connection)) = tokio_postgres::connect(&conn, tokio_postgres::NoTls).await else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                tokio::spawn(connection);
+                while !stop2.load(Ordering::Relaxed) {
+                    attempts2.fetch_add(1, Ordering::Relaxed);
+                    // A failed insert retries the same id: ids stay dense and ascending.
+                    match client
+                        .execute("INSERT INTO load (id) VALUES ($1) ON CONFLICT DO NOTHING", &[&next])
+                        .await
+                    {
+                        Ok(_) => next += 1,
+                        Err(_) => break,
+                    }
+                    tokio::time::sleep(Duration::from_millis(3)).await;
+                }
+            }
+        });
+        Load { stop, attempts, task }
+    }
+
+    async fn finish(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.task.await;
+        assert!(
+            self.attempts.load(Ordering::Relaxed) > 50,
+            "the load generator barely ran"
+        );
+    }
+}
+
+/// Wait until the stream holds every committed row, then check: exactly once, in order.
+async fn assert_exactly_once(pg: &PgCluster, nats: &NatsServer, setup: &Setup) -> usize {
+    let committed: Vec<i64> = pg
+        .psql("SELECT id FROM load ORDER BY id")
+        .lines()
+        .map(|l| l.trim().parse().unwrap_or_else(|_| panic!("id {l:?}")))
+        .collect();
+    assert!(!committed.is_empty());
+    let (stream, want) = (setup.topic.as_str(), committed.len() as u64);
+    wait_until("every committed row in the stream", DEADLINE, || async move {
+        nats.stream_len(stream).await.unwrap_or(0) >= want
+    })
+    .await;
+    let messages = nats.stream_messages(&setup.topic).await;
+    let ids: HashSet<&str> = messages.iter().filter_map(|m| m.header("Nats-Msg-Id")).collect();
+    assert_eq!(ids.len(), messages.len(), "a Nats-Msg-Id was stored twice");
+    let published: Vec<i64> = messages
+        .iter()
+        .map(|m| m.json()["data"]["id"].as_i64().unwrap_or(-1))
+        .collect();
+    assert_eq!(
+        published.len(),
+        committed.len(),
+        "stream has {} messages for {} committed rows",
+        published.len(),
+        committed.len()
+    );
+    assert_eq!(
+        published, committed,
+        "the stream must hold each committed row once, in commit order"
+    );
+    committed.len()
+}
+
+/// Some milliseconds that differ from run to run (no RNG crate needed).
+fn jitter(max_ms: u64) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    Duration::from_millis(u64::from(nanos) % max_ms)
+}
+
+async fn wait_for_growth(nats: &NatsServer, topic: &str, at_least: u64) {
+    wait_until("the stream to grow", DEADLINE, || async move {
+        nats.stream_len(topic).await.unwrap_or(0) >= at_least
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_twice_under_load_loses_and_duplicates_nothing() {
+    let (pg, nats) = blocking(|| (PgCluster::start(), NatsServer::start()));
+    let setup = Setup::new("kill9");
+    Load::create_table(&pg);
+    let mut service = Service::start(&setup.yaml(&pg, &nats));
+    blocking(|| wait_streaming(&pg, &setup.slot, &mut service));
+    let load = Load::start(&pg);
+    for round in 1..=2u64 {
+        wait_for_growth(&nats, &setup.topic, round * 200).await;
+        tokio::time::sleep(jitter(300)).await;
+        blocking(|| service.kill());
+        tokio::time::sleep(jitter(500)).await;
+        blocking(|| service.start_again());
+    }
+    let before = nats.stream_len(&setup.topic).await.unwrap_or(0);
+    wait_for_growth(&nats, &setup.topic, before + 100).await;
+    load.finish().await;
+    assert_exactly_once(&pg, &nats, &setup).await;
+    assert!(service.is_running());
+    blocking(|| service.terminate());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_outage_under_load_loses_and_duplicates_nothing() {
+    let (pg, mut nats) = blocking(|| (PgCluster::start(), NatsServer::start()));
+    let setup = Setup::new("natsdown");
+    Load::create_table(&pg);
+    let mut service = Service::start(&setup.yaml(&pg, &nats));
+    blocking(|| wait_streaming(&pg, &setup.slot, &mut service));
+    let load = Load::start(&pg);
+    wait_for_growth(&nats, &setup.topic, 200).await;
+    blocking(|| nats.kill());
+    let down = Instant::now();
+    while down.elapsed() < Duration::from_secs(4) {
+        assert!(
+            service.is_running(),
+            "a NATS outage must not end the process; log:\n{}",
+            service.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    blocking(|| nats.start_again());
+    let before = nats.stream_len(&setup.topic).await.unwrap_or(0);
+    wait_for_growth(&nats, &setup.topic, before + 200).await;
+    load.finish().await;
+    assert_exactly_once(&pg, &nats, &setup).await;
+    blocking(|| service.terminate());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_restart_under_load_loses_and_duplicates_nothing() {
+    let (mut pg, nats) = blocking(|| (PgCluster::start(), NatsServer::start()));
+    let setup = Setup::new("pgrestart");
+    Load::create_table(&pg);
+    let mut service = Service::start(&setup.yaml(&pg, &nats));
+    blocking(|| wait_streaming(&pg, &setup.slot, &mut service));
+    let load = Load::start(&pg);
+    wait_for_growth(&nats, &setup.topic, 200).await;
+    blocking(|| pg.restart_fast());
+    let before = nats.stream_len(&setup.topic).await.unwrap_or(0);
+    wait_for_growth(&nats, &setup.topic, before + 200).await;
+    assert!(
+        service.is_running(),
+        "a PostgreSQL restart must not end the process; log:\n{}",
+        service.log()
+    );
+    load.finish().await;
+    assert_exactly_once(&pg, &nats, &setup).await;
+    blocking(|| service.terminate());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_instance_waits_as_standby_and_takes_over() {
+    let (pg, nats) = blocking(|| (PgCluster::start(), NatsServer::start()));
+    let setup = Setup::new("standby");
+    let yaml = setup.yaml(&pg, &nats);
+    Load::create_table(&pg);
+    let mut first = Service::start(&yaml);
+    blocking(|| wait_streaming(&pg, &setup.slot, &mut first));
+    let load = Load::start(&pg);
+    let mut second = Service::start(&yaml);
+    let logged = || second.log().contains("waiting as standby");
+    blocking(|| crate::support::wait_until_sync("the second instance to report standby", DEADLINE, logged));
+    assert!(second.is_running());
+    wait_for_growth(&nats, &setup.topic, 200).await;
+    assert_eq!(
+        second.log().matches("waiting as standby").count(),
+        1,
+        "standby is logged once"
+    );
+
+    blocking(|| first.kill());
+    let before = nats.stream_len(&setup.topic).await.unwrap_or(0);
+    wait_for_growth(&nats, &setup.topic, before + 200).await;
+    assert!(
+        second.log().contains("streaming changes"),
+        "the standby took over; log:\n{}",
+        second.log()
+    );
+    load.finish().await;
+    assert_exactly_once(&pg, &nats, &setup).await;
+    blocking(|| second.terminate());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_exits_0_and_a_restart_resumes() {
+    let (pg, nats) = blocking(|| (PgCluster::start(), NatsServer::start()));
+    let setup = Setup::new("sigterm");
+    Load::create_table(&pg);
+    let mut service = Service::start(&setup.yaml(&pg, &nats));
+    blocking(|| wait_streaming(&pg, &setup.slot, &mut service));
+    let load = Load::start(&pg);
+    wait_for_growth(&nats, &setup.topic, 300).await;
+    let started = Instant::now();
+    let status = blocking(|| service.terminate());
+    assert!(
+        status.success(),
+        "SIGTERM exits 0 ({status:?}); log:\n{}",
+        service.log()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
+    assert!(service.log().contains("stopped"), "log:\n{}", service.log());
+    blocking(|| service.start_again());
+    let before = nats.stream_len(&setup.topic).await.unwrap_or(0);
+    wait_for_growth(&nats, &setup.topic, before + 100).await;
+    load.finish().await;
+    assert_exactly_once(&pg, &nats, &setup).await;
+    blocking(|| service.terminate());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversize_message_goes_to_the_dead_letter_subject_and_the_stream_goes_on() {
+    let (pg, nats) = blocking(|| (PgCluster::start(), NatsServer::start()));
+    pg.psql("CREATE TABLE docs (id int4 PRIMARY KEY, body text)");
+    let setup = Setup::new("oversize");
+    let mut service = Service::start(&setup.yaml(&pg, &nats));
+    blocking(|| wait_streaming(&pg, &setup.slot, &mut service));
+    // nats-server's default max_payload is 1 MiB.
+    pg.psql("INSERT INTO docs VALUES (1, 'small'); INSERT INTO docs VALUES (2, repeat('x', 2000000)); INSERT INTO docs VALUES (3, 'after')");
+    let messages = nats.wait_for_messages(&setup.topic, 3, DEADLINE).await;
+    assert_eq!(messages[0].json()["data"]["id"], 1);
+    assert_eq!(messages[1].subject, format!("{}.dead_letter", setup.topic));
+    let error = messages[1].header("Wal-Error").unwrap_or_default();
+    assert!(
+        error.contains("max_payload") && error.contains("payload omitted"),
+        "{error}"
+    );
+    assert_eq!(messages[1].header("Wal-Table"), Some("docs"));
+    assert!(messages[1].payload.is_empty());
+    assert_eq!(messages[2].json()["data"]["id"], 3);
+    assert!(service.is_running());
+    blocking(|| service.terminate());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_larger_than_the_ack_window_streams_through() {
+    let (pg, nats) = blocking(|| (PgCluster::start(), NatsServer::start()));
+    pg.psql("CREATE TABLE wide (id int4 PRIMARY KEY)");
+    let setup = Setup::new("window");
+    let yaml = setup
+        .yaml(&pg, &nats)
+        .replace("  type: nats\n", "  type: nats\n  maxInFlight: 4\n");
+    let mut service = Service::start(&yaml);
+    blocking(|| wait_streaming(&pg, &setup.slot, &mut service));
+    pg.psql("INSERT INTO wide SELECT generate_series(1, 1000)");
+    let messages = nats.wait_for_messages(&setup.topic, 1000, DEADLINE).await;
+    let ids: Vec<i64> = messages
+        .iter()
+        .map(|m| m.json()["data"]["id"].as_i64().unwrap_or(-1))
+        .collect();
+    assert_eq!(ids, (1..=1000).collect::<Vec<i64>>());
+    blocking(|| service.terminate());
+}

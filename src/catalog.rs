@@ -11,7 +11,11 @@
 //!    unknown too — before the transform loop decodes the next message.
 //!
 //! Lookups are rare (once per new type) and small; a failed one ends the session like any
-//! other lost connection, and the next session reads the catalog afresh.
+//! other lost connection, and the next session reads the catalog afresh. A type the stream
+//! names but the catalog does not show is asked for again for a few seconds (its creating
+//! transaction may not be visible yet), then mapped to text with a warning.
+
+use std::time::{Duration, Instant};
 
 use tokio_postgres::Row;
 
@@ -19,9 +23,9 @@ use crate::config::Config;
 use crate::event::{Assembler, PgType, TypeKind, TypeRegistry};
 use crate::source::{SourceError, setup};
 
-/// Lookup rounds per Relation: the type itself, its element or base, and so on. Real chains
-/// are one or two deep; the bound only guards against a catalog that keeps changing.
-const MAX_ROUNDS: usize = 8;
+/// How long a type named by the stream may stay invisible in pg_type before it is taken as
+/// dropped (see [`Catalog::resolve`]).
+const VISIBILITY_WAIT: Duration = Duration::from_secs(3);
 
 const COLUMNS: &str = "SELECT t.oid, t.typtype, t.typbasetype, t.typelem, \
      coalesce(e.typdelim, ','::\"char\") AS delimiter, coalesce(e.typarray = t.oid, false) AS is_array \
@@ -65,17 +69,38 @@ impl Catalog {
     }
 
     /// Fetch whatever types the assembler is missing; a no-op (no query) when it misses none.
+    ///
+    /// A type created in the same transaction as the change can be decoded a moment before
+    /// that commit is visible to other sessions (the walsender sees the commit record before
+    /// the committing backend leaves the proc array), so a type not found is asked for again
+    /// with a short backoff. Only after [`VISIBILITY_WAIT`] is it taken as dropped since and
+    /// mapped to text.
     pub async fn resolve(&self, assembler: &mut Assembler) -> Result<(), SourceError> {
-        for _ in 0..MAX_ROUNDS {
-            let missing = assembler.missing_types();
+        let deadline = Instant::now() + VISIBILITY_WAIT;
+        let mut pause = Duration::from_millis(5);
+        loop {
+            let missing = assembler.missing_types().to_vec();
             if missing.is_empty() {
                 return Ok(());
             }
-            let found = self.lookup(missing).await?;
+            let found = self.lookup(&missing).await?;
             tracing::debug!(asked = ?missing, found = found.len(), "looked up new user types");
+            let progressed = !found.is_empty();
             assembler.add_types(found);
+            if progressed {
+                continue;
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(
+                    types = ?missing,
+                    "types named by the replication stream are not in pg_type (dropped since?); their values are published as PostgreSQL's text"
+                );
+                assembler.give_up_missing_types();
+                return Ok(());
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(200));
         }
-        Ok(())
     }
 }
 

@@ -134,23 +134,26 @@ impl Assembler {
         &self.missing_types
     }
 
-    /// Add catalog rows for types [`Self::missing_types`] listed; an OID asked for but not
-    /// found (the type was dropped since) is recorded as text so it is not asked for again.
-    /// Cached relations are re-resolved; if their types depend on further unknown types
-    /// (an array's element), those become the new [`Self::missing_types`].
+    /// Add catalog rows for types [`Self::missing_types`] listed. Cached relations are
+    /// re-resolved, and what they still miss — types not found, or further unknown types they
+    /// depend on (an array's element, a domain's base) — becomes the new
+    /// [`Self::missing_types`].
     pub fn add_types(&mut self, found: impl IntoIterator<Item = PgType>) {
         for t in found {
             self.types.insert(t);
         }
+        self.missing_types.clear();
+        self.resolve_relations();
+    }
+
+    /// Stop asking for the types still missing (dropped since the WAL was written): they map
+    /// to text.
+    pub fn give_up_missing_types(&mut self) {
         for oid in std::mem::take(&mut self.missing_types) {
-            let mut still = Vec::new();
-            self.types.missing(oid, &mut still);
-            if still.contains(&oid) {
-                self.types.insert(PgType {
-                    oid,
-                    kind: super::types::TypeKind::Other,
-                });
-            }
+            self.types.insert(PgType {
+                oid,
+                kind: super::types::TypeKind::Other,
+            });
         }
         self.resolve_relations();
     }

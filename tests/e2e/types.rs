@@ -390,7 +390,9 @@ async fn every_type_is_published_exactly_as_postgresql_has_it() {
     assert_eq!(late.len(), 1);
     assert_eq!(
         late[0].json()["data"],
-        serde_json::json!({"id": 1, "lb": 9007199254740993u64, "lbs": [1, null], "lm": ["x", "y"], "lmo": "y"})
+        serde_json::json!({"id": 1, "lb": 9007199254740993u64, "lbs": [1, null], "lm": ["x", "y"], "lmo": "y"}),
+        "log:\n{}",
+        service.log()
     );
     assert!(
         !service.log().contains("does not parse as its type"),

@@ -18,6 +18,7 @@
 //! stores each once. Fatal failures (bad credentials, a dropped slot, an unusable stream)
 //! end the process with a message saying what to fix.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,7 +34,7 @@ use crate::decode;
 use crate::event::{Assembler, ChangeEvent, Item};
 use crate::lsn::Lsn;
 use crate::publish::{self, OutMessage, PublishError, Sink};
-use crate::script::Router;
+use crate::script::reload;
 use crate::source::{Frame, PgwireReplication, Replication, SourceError, setup};
 
 /// Items buffered between the transform loop and the publisher.
@@ -89,13 +90,16 @@ enum Outbound {
 
 /// Run until `shutdown` is cancelled (Ok) or a fatal error (Err).
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppError> {
-    let mut router = Router::from_config(&config).map_err(|e| AppError::Fatal(e.to_string()))?;
+    let router = reload::build(&config).map_err(AppError::Fatal)?;
     tracing::info!(script = %router.name(), "routing script loaded");
+    let (versions_tx, mut versions) = watch::channel(Arc::new(reload::Version { router, number: 1 }));
+    let config = Arc::new(config);
+    let _reloader = AbortOnDropHandle::new(tokio::spawn(reload::run(config.clone(), versions_tx, shutdown.clone())));
     let mut backoff = BACKOFF_MIN;
     let mut standby = false;
     loop {
         let started = Instant::now();
-        match session(&config, &router, &shutdown).await {
+        match session(&config, versions.clone(), &shutdown).await {
             Ok(()) => return Ok(()),
             Err(SessionError::Fatal(message)) => return Err(AppError::Fatal(message)),
             Err(SessionError::Standby(message)) => {
@@ -113,24 +117,25 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
                     backoff = BACKOFF_MIN;
                 }
                 tracing::warn!(error = %message, retry_in = ?backoff, "pipeline interrupted; reconnecting");
+                versions.mark_unchanged();
                 tokio::select! {
                     _ = shutdown.cancelled() => return Ok(()),
                     _ = tokio::time::sleep(backoff) => {}
+                    // A new script version (say, one fixing what halted the stream) is tried at once.
+                    Ok(()) = versions.changed() => backoff = BACKOFF_MIN,
                 }
                 backoff = (backoff * 2).min(BACKOFF_MAX);
-                // A script fixed on disk while we waited takes effect on the retry; a broken
-                // one leaves the running version in place.
-                match Router::from_config(&config) {
-                    Ok(fresh) => router = fresh,
-                    Err(e) => tracing::error!(error = %e, "script does not load; keeping the previous version"),
-                }
             }
         }
     }
 }
 
 /// One replication + NATS connection, from the slot's confirmed LSN until shutdown or failure.
-async fn session(config: &Config, router: &Router, shutdown: &CancellationToken) -> Result<(), SessionError> {
+async fn session(
+    config: &Config,
+    versions: watch::Receiver<Arc<reload::Version>>,
+    shutdown: &CancellationToken,
+) -> Result<(), SessionError> {
     let slot = setup::prepare(config).await?;
     if slot.active {
         return Err(SessionError::Standby("the slot is active on another connection".into()));
@@ -145,7 +150,7 @@ async fn session(config: &Config, router: &Router, shutdown: &CancellationToken)
     let window = config.publisher.max_in_flight;
     let mut publisher = AbortOnDropHandle::new(tokio::spawn(publish_loop(sink, rx, flushed_tx, window)));
 
-    let mut transform = Transform::new(config, router, slot.confirmed_flush, max_payload);
+    let mut transform = Transform::new(config, versions, slot.confirmed_flush, max_payload);
     // Domains, arrays and user types need pg_type (crate::catalog); new ones are looked up
     // between two messages, below.
     let catalog = Catalog::connect(config).await?;
@@ -246,7 +251,11 @@ async fn publish_loop(
 /// decode → event → script, as plain function calls.
 struct Transform<'a> {
     config: &'a Config,
-    router: &'a Router,
+    /// The script version in use, and where new ones arrive (swapped between transactions).
+    version: Arc<reload::Version>,
+    versions: watch::Receiver<Arc<reload::Version>>,
+    /// (script version, table) pairs whose errors were already logged: once per version.
+    logged_errors: HashSet<(u64, String)>,
     assembler: Assembler,
     events: Vec<Item>,
     /// The newest LSN handed on as a checkpoint (checkpoints only move forward).
@@ -259,10 +268,18 @@ struct Transform<'a> {
 }
 
 impl<'a> Transform<'a> {
-    fn new(config: &'a Config, router: &'a Router, start: Lsn, max_payload: Option<usize>) -> Self {
+    fn new(
+        config: &'a Config,
+        mut versions: watch::Receiver<Arc<reload::Version>>,
+        start: Lsn,
+        max_payload: Option<usize>,
+    ) -> Self {
+        let version = versions.borrow_and_update().clone();
         Transform {
             config,
-            router,
+            version,
+            versions,
+            logged_errors: HashSet::new(),
             assembler: Assembler::new(),
             events: Vec::new(),
             checkpoint: start,
@@ -283,6 +300,12 @@ impl<'a> Transform<'a> {
     }
 
     fn frame(&mut self, frame: Frame, out: &mut Vec<Outbound>) -> Result<(), SessionError> {
+        if !self.assembler.in_transaction() && self.versions.has_changed().unwrap_or(false) {
+            // Between transactions: a new script version takes over here, so every
+            // transaction is routed by exactly one version.
+            self.version = self.versions.borrow_and_update().clone();
+            tracing::info!(version = self.version.number, script = %self.version.router.name(), "new script version in effect");
+        }
         let message = match frame {
             Frame::KeepAlive(wal_end) => {
                 // Idle: nothing of an open transaction is pending, so the server's WAL end
@@ -315,7 +338,7 @@ impl<'a> Transform<'a> {
     }
 
     fn route(&mut self, event: Arc<ChangeEvent>, out: &mut Vec<Outbound>) -> Result<(), SessionError> {
-        let routed = match self.router.route(&event) {
+        let routed = match self.version.router.route(&event) {
             Ok(routed) => routed,
             Err(error) => return self.event_failed(&event, &error, out),
         };
@@ -340,6 +363,11 @@ impl<'a> Transform<'a> {
         Ok(())
     }
 
+    /// Whether this is the first error for `table` under the running script version.
+    fn first_error(&mut self, table: &str) -> bool {
+        self.logged_errors.insert((self.version.number, table.to_string()))
+    }
+
     /// An event that cannot be published as routed: `scripts.onError` decides.
     fn event_failed(
         &mut self,
@@ -350,7 +378,9 @@ impl<'a> Transform<'a> {
         let table = format!("{}.{}", event.schema, event.table);
         match self.config.scripts.on_error {
             OnError::DeadLetter => {
-                tracing::warn!(script = %self.router.name(), %table, lsn = %event.commit_lsn, error = %error, subject = %self.dead_letter_subject, "event not publishable; sent to the dead-letter subject");
+                if self.first_error(&table) {
+                    tracing::warn!(script = %self.version.router.name(), version = self.version.number, %table, lsn = %event.commit_lsn, error = %error, subject = %self.dead_letter_subject, "event not publishable; sent to the dead-letter subject (logged once per script version and table)");
+                }
                 let mut letter = publish::dead_letter(event, &self.dead_letter_subject, &error.to_string());
                 if let Some(limit) = self.max_payload
                     && letter.wire_size() > limit
@@ -365,7 +395,9 @@ impl<'a> Transform<'a> {
                 Ok(())
             }
             OnError::Skip => {
-                tracing::warn!(script = %self.router.name(), %table, lsn = %event.commit_lsn, error = %error, "event not publishable; skipped");
+                if self.first_error(&table) {
+                    tracing::warn!(script = %self.version.router.name(), version = self.version.number, %table, lsn = %event.commit_lsn, error = %error, "event not publishable; skipped (logged once per script version and table)");
+                }
                 Ok(())
             }
             OnError::Halt => Err(SessionError::Transient(format!(

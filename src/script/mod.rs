@@ -12,8 +12,10 @@
 //! The built-in default script (`scripts/default.lua`) and the `wal` library
 //! (`scripts/wal.lua`) are compiled into the binary: YAML-only mode *is* the default script.
 
+pub mod cases;
 mod handoff;
 mod output;
+pub mod reload;
 mod sandbox;
 
 use std::path::{Path, PathBuf};
@@ -58,8 +60,8 @@ pub enum RouteError {
         "route returned {got}; expected nil, a subject string, subject + payload (+ headers), or a list of {{subject=, payload=, headers=}} tables"
     )]
     InvalidReturn { got: String },
-    #[error("route ran more than {0} Lua instructions (scripts.instructionLimit)")]
-    InstructionLimit(u64),
+    #[error("route ran more than {0} Lua instructions (scripts.instructionLimit), stopped at {1}")]
+    InstructionLimit(u64, String),
     #[error("script ran out of memory (scripts.memoryLimit)")]
     Memory,
 }
@@ -91,7 +93,8 @@ impl Router {
 
     /// Compile `source` (named `name` in error messages) as the entry script.
     pub fn new(config: &Config, name: &str, source: &str) -> Result<Router, ScriptError> {
-        let lua = sandbox::new_state(config).map_err(|e| ScriptError::Setup(e.to_string()))?;
+        let modules = config.script_path().and_then(|p| p.parent().map(Path::to_path_buf));
+        let lua = sandbox::new_state(config, modules.as_deref()).map_err(|e| ScriptError::Setup(e.to_string()))?;
         lua.load(source)
             .set_name(format!("@{name}"))
             .set_mode(mlua::chunk::ChunkMode::Text)
@@ -111,9 +114,17 @@ impl Router {
         let hook_ticks = ticks_left.clone();
         lua.set_hook(
             mlua::HookTriggers::new().every_nth_instruction(HOOK_EVERY),
-            move |_, _| {
+            move |_, debug| {
                 if hook_ticks.fetch_sub(1, Ordering::Relaxed) <= 1 {
-                    return Err(mlua::Error::RuntimeError(INSTRUCTION_LIMIT_MARK.into()));
+                    let source = debug.source();
+                    let file = source.short_src.as_deref().unwrap_or("?").to_string();
+                    let line = debug
+                        .current_line()
+                        .map(|l| l.to_string())
+                        .unwrap_or_else(|| "?".into());
+                    return Err(mlua::Error::RuntimeError(format!(
+                        "{INSTRUCTION_LIMIT_MARK} at {file}:{line}"
+                    )));
                 }
                 Ok(mlua::VmState::Continue)
             },
@@ -149,8 +160,9 @@ impl Router {
 
     fn classify(&self, error: mlua::Error) -> RouteError {
         let text = error.to_string();
-        if text.contains(INSTRUCTION_LIMIT_MARK) {
-            RouteError::InstructionLimit(self.instruction_limit)
+        if let Some(at) = text.split(INSTRUCTION_LIMIT_MARK).nth(1) {
+            let location = at.trim_start_matches(" at ").lines().next().unwrap_or("?").to_string();
+            RouteError::InstructionLimit(self.instruction_limit, location)
         } else if matches!(error, mlua::Error::MemoryError(_)) || text.contains("not enough memory") {
             RouteError::Memory
         } else {

@@ -8,14 +8,19 @@
 //! Globals added: `config` (read-only), `json.encode/decode` (64-bit integers exact),
 //! `json.null`, `log.debug/info/warn/error`, and `wal` (see `scripts/wal.lua`).
 
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
 use mlua::{Lua, LuaOptions, LuaSerdeExt, StdLib, Table, Value as LuaValue};
 
 use crate::config::Config;
 
 use super::WAL_LUA;
 
-/// A fresh state with the sandbox and the host API installed.
-pub(super) fn new_state(config: &Config) -> mlua::Result<Lua> {
+/// A fresh state with the sandbox and the host API installed; `modules` is the directory
+/// `require` may load from (the entry script's), if any.
+pub(super) fn new_state(config: &Config, modules: Option<&Path>) -> mlua::Result<Lua> {
     let libs = StdLib::STRING | StdLib::TABLE | StdLib::MATH | StdLib::UTF8 | StdLib::COROUTINE | StdLib::OS;
     let lua = Lua::new_with(libs, LuaOptions::default())?;
     let globals = lua.globals();
@@ -45,6 +50,7 @@ pub(super) fn new_state(config: &Config) -> mlua::Result<Lua> {
     .set_name("=sandbox")
     .exec()?;
 
+    globals.set("require", require_function(&lua, modules)?)?;
     globals.set("config", read_only(&lua, lua.to_value(&config_view(config))?)?)?;
     globals.set("json", json_table(&lua)?)?;
     globals.set("log", log_table(&lua)?)?;
@@ -150,14 +156,102 @@ fn json_table(lua: &Lua) -> mlua::Result<Table> {
     Ok(json)
 }
 
+/// `require(name)`: a module `a.b` is `<scripts dir>/a/b.lua`, loaded once as text. Names are
+/// dotted identifiers, so no path can leave the directory; symlinks that do are refused too.
+fn require_function(lua: &Lua, modules: Option<&Path>) -> mlua::Result<mlua::Function> {
+    let dir: Option<PathBuf> = modules.and_then(|d| d.canonicalize().ok());
+    let loaded = lua.create_table()?;
+    lua.create_function(move |lua, name: String| {
+        if let Some(module) = loaded.get::<Option<LuaValue>>(name.as_str())? {
+            return Ok(module);
+        }
+        let Some(dir) = &dir else {
+            return Err(mlua::Error::RuntimeError(
+                "require is only available to scripts loaded from a file (scripts.path)".into(),
+            ));
+        };
+        let valid = !name.is_empty()
+            && name.split('.').all(|part| {
+                !part.is_empty()
+                    && part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                    && !part.as_bytes()[0].is_ascii_digit()
+            });
+        if !valid {
+            return Err(mlua::Error::RuntimeError(format!(
+                "require({name:?}): module names are dotted identifiers (like util.masking) of .lua files inside the scripts directory"
+            )));
+        }
+        let relative = format!("{}.lua", name.replace('.', "/"));
+        let path = dir.join(&relative);
+        let real = path.canonicalize().map_err(|e| {
+            mlua::Error::RuntimeError(format!("require({name:?}): cannot read {}: {e}", path.display()))
+        })?;
+        if !real.starts_with(dir) {
+            return Err(mlua::Error::RuntimeError(format!(
+                "require({name:?}): {} leads outside the scripts directory",
+                path.display()
+            )));
+        }
+        let source = std::fs::read_to_string(&real)
+            .map_err(|e| mlua::Error::RuntimeError(format!("require({name:?}): {e}")))?;
+        let module: LuaValue = lua
+            .load(source)
+            .set_name(format!("@{relative}"))
+            .set_mode(mlua::chunk::ChunkMode::Text)
+            .call(name.as_str())?;
+        let module = if module.is_nil() { LuaValue::Boolean(true) } else { module };
+        loaded.set(name.as_str(), module.clone())?;
+        Ok(module)
+    })
+}
+
+/// Script log lines allowed per second; the rest are counted and reported.
+const LOG_LINES_PER_SECOND: u32 = 50;
+
+struct LogBudget {
+    window: Instant,
+    used: u32,
+    dropped: u64,
+}
+
+impl LogBudget {
+    /// Whether a line may be written now; reports dropped lines when a new second starts.
+    fn allow(&mut self) -> bool {
+        if self.window.elapsed() >= Duration::from_secs(1) {
+            if self.dropped > 0 {
+                tracing::warn!(target: "wal_listener::script", dropped = self.dropped, "script log lines dropped (more than {LOG_LINES_PER_SECOND} per second)");
+            }
+            *self = LogBudget {
+                window: Instant::now(),
+                used: 0,
+                dropped: 0,
+            };
+        }
+        self.used += 1;
+        if self.used > LOG_LINES_PER_SECOND {
+            self.dropped += 1;
+            return false;
+        }
+        true
+    }
+}
+
 fn log_table(lua: &Lua) -> mlua::Result<Table> {
     let log = lua.create_table()?;
+    let budget = std::sync::Arc::new(Mutex::new(LogBudget {
+        window: Instant::now(),
+        used: 0,
+        dropped: 0,
+    }));
     macro_rules! level {
         ($name:literal, $mac:ident) => {
+            let budget = budget.clone();
             log.set(
                 $name,
-                lua.create_function(|_, message: mlua::LuaString| {
-                    tracing::$mac!(target: "wal_listener::script", "{}", message.to_string_lossy());
+                lua.create_function(move |_, message: mlua::LuaString| {
+                    if budget.lock().map(|mut b| b.allow()).unwrap_or(true) {
+                        tracing::$mac!(target: "wal_listener::script", "{}", message.to_string_lossy());
+                    }
                     Ok(())
                 })?,
             )?;

@@ -136,7 +136,7 @@ fn infinite_loops_and_memory_bombs_are_stopped() {
     let r = custom("function route(e) while true do end end");
     assert_eq!(
         r.route(&event("s", "t", "INSERT")),
-        Err(RouteError::InstructionLimit(100_000))
+        Err(RouteError::InstructionLimit(100_000, "test.lua:1".into()))
     );
     // The next call gets a fresh budget.
     let r = custom("n = 0 function route(e) n = n + 1 if n == 1 then while true do end end return 'ok' end");

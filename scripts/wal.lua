@@ -1,6 +1,8 @@
 -- wal: the library every script gets (SPEC §5). It holds the Go wal-listener's routing rules:
 -- `listener.filter.tables` decides which changes are published, `listener.topicsMap` renames
 -- the subject's last token, and the subject is `topic.` + topicPrefix + schema_table.
+-- Logical messages (pg_logical_emit_message) go to `topic.` + topicPrefix + `message_` +
+-- prefix, filtered by `listener.filter.messages`.
 -- The built-in default script is just `route = wal.default_route`; a custom script can call
 -- wal.default_route(event) or wal.subject(event) to extend these rules instead of rewriting them.
 --
@@ -25,10 +27,30 @@ for name, actions in pairs(config.listener.filter.tables or {}) do
   filter[name] = allowed
 end
 
--- NATS forbids space, '.', '*', '>' and control characters inside a subject token; each is
--- replaced with '_' so that a schema or table name always yields exactly one valid token.
+-- listener.filter.messages → { [prefix] = true }. Absent publishes every message; an empty
+-- list publishes none. Prefixes match exactly.
+local message_filter = nil
+if config.listener.filter.messages ~= nil then
+  message_filter = {}
+  for _, prefix in ipairs(config.listener.filter.messages) do
+    message_filter[prefix] = true
+  end
+end
+
+-- The subject rule: in schema and table names (and message prefixes), every character that
+-- cannot stand inside a NATS subject token — '.', '*', '>', whitespace and control characters,
+-- ASCII or Unicode — is replaced with '_', so a name always yields exactly one valid token.
+-- Everything else is kept as it is: upper case, quotes, '$', '-', non-ASCII letters.
 local function token(name)
-  return (string.gsub(name, "[%s%.%*>%c]", "_"))
+  name = string.gsub(name, "[%s%.%*>%c]", "_")
+  -- Unicode whitespace and C1 controls, as UTF-8: U+0080-U+00A0, U+1680, U+2000-U+200A,
+  -- U+2028, U+2029, U+202F, U+205F, U+3000.
+  name = string.gsub(name, "\xC2[\x80-\xA0]", "_")
+  name = string.gsub(name, "\xE1\x9A\x80", "_")
+  name = string.gsub(name, "\xE2\x80[\x80-\x8A\xA8\xA9\xAF]", "_")
+  name = string.gsub(name, "\xE2\x81\x9F", "_")
+  name = string.gsub(name, "\xE3\x80\x80", "_")
+  return name
 end
 wal.token = token
 
@@ -47,7 +69,10 @@ end
 
 --- Whether listener.filter lets the event through.
 function wal.allowed(event)
-  if filter == nil or event.action == "MESSAGE" then
+  if event.action == "MESSAGE" then
+    return message_filter == nil or message_filter[event.prefix] == true
+  end
+  if filter == nil then
     return true
   end
   local action = event.action

@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::ack::AckWindow;
+use crate::catalog::Catalog;
 use crate::config::{Config, OnError, PublisherKind};
 use crate::decode;
 use crate::event::{Assembler, ChangeEvent, Item};
@@ -156,6 +157,10 @@ async fn session(
     let mut publisher = AbortOnDropHandle::new(tokio::spawn(publish_loop(sink, rx, flushed_tx, window)));
 
     let mut transform = Transform::new(config, versions, slot.confirmed_flush, max_payload);
+    // Domains, arrays and user types need pg_type (crate::catalog); new ones are looked up
+    // between two messages, below.
+    let catalog = Catalog::connect(config).await?;
+    transform.assembler.set_types(catalog.registry().await?);
     let mut items = Vec::new();
     'stream: loop {
         let frame = tokio::select! {
@@ -172,6 +177,7 @@ async fn session(
             return Err(SessionError::Transient("the replication stream ended".into()));
         };
         transform.frame(frame, &mut items)?;
+        catalog.resolve(&mut transform.assembler).await?;
         for item in items.drain(..) {
             tokio::select! {
                 biased;

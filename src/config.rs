@@ -69,6 +69,9 @@ impl Default for Listener {
 pub struct Filter {
     /// Table (bare = any schema, or `schema.table`) → allowed actions. Empty = every table.
     pub tables: BTreeMap<String, Vec<String>>,
+    /// Prefixes of `pg_logical_emit_message` messages to publish; `None` = every message,
+    /// an empty list = none.
+    pub messages: Option<Vec<String>>,
 }
 
 /// `database.*`: where PostgreSQL is and who we are.
@@ -464,6 +467,8 @@ enum Kind {
     StrMap,
     /// `map<string, list<string>>` (user-chosen keys).
     ListMap,
+    /// `list<string>`.
+    StrList,
     /// A Go wal-listener key that does not apply here: accepted with a warning.
     Ignored(&'static str),
 }
@@ -478,7 +483,7 @@ const SCHEMA: &[(&str, Kind)] = &[
             ("publication", Str),
             ("serverPort", Int),
             ("heartbeatInterval", Duration),
-            ("filter", Section(&[("tables", ListMap)])),
+            ("filter", Section(&[("tables", ListMap), ("messages", StrList)])),
             ("topicsMap", StrMap),
             (
                 "ackTimeout",
@@ -689,6 +694,14 @@ fn check_value(value: Value, kind: Kind, path: &str, warnings: &mut Warnings) ->
             Ok(Value::Mapping(out))
         }
         (ListMap, other) => Err(type_error(path, "a mapping of table names to action lists", &other)),
+        (StrList, Value::Sequence(items)) => Ok(Value::Sequence(
+            items
+                .into_iter()
+                .map(|item| check_value(item, Str, path, warnings))
+                .collect::<Result<Vec<_>, _>>()?,
+        )),
+        (StrList, Value::Null) => Ok(Value::Null),
+        (StrList, other) => Err(type_error(path, "a list such as [outbox, audit]", &other)),
         (Ignored(_), v) => Ok(v),
     }
 }
@@ -745,6 +758,17 @@ fn apply_env(tree: &mut Mapping, name: &str, raw: &str) -> Result<(), ConfigErro
             parse_duration(raw).map_err(|e| invalid(format!("{name}: {e}")))?;
             Value::String(raw.to_string())
         }
+        // A list: YAML/JSON text (`[outbox, audit]`) or plain comma-separated names.
+        StrList => match serde_yaml_ng::from_str::<Value>(raw) {
+            Ok(list @ Value::Sequence(_)) => check_value(list, *kind, name, &mut Vec::new())?,
+            _ => Value::Sequence(
+                raw.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| Value::String(s.to_string()))
+                    .collect(),
+            ),
+        },
         StrMap | ListMap => {
             // Structured values come as YAML/JSON text: WAL_LISTENER_TOPICSMAP='{"public_users": "users"}'.
             let parsed: Value = serde_yaml_ng::from_str(raw)

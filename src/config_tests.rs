@@ -191,3 +191,22 @@ fn durations() {
         assert!(parse_duration(bad).is_err(), "{bad}");
     }
 }
+
+#[test]
+fn message_filter_distinguishes_absent_empty_and_listed() {
+    let (c, _) = load("").expect("loads");
+    assert_eq!(c.listener.filter.messages, None, "absent: every message");
+    let (c, _) = load("listener:\n  filter:\n    messages: []\n").expect("loads");
+    assert_eq!(c.listener.filter.messages, Some(vec![]), "empty: none");
+    let (c, _) = load("listener:\n  filter:\n    messages: [outbox, 'a.b']\n").expect("loads");
+    assert_eq!(c.listener.filter.messages, Some(vec!["outbox".into(), "a.b".into()]));
+    assert!(
+        err("listener:\n  filter:\n    messages: outbox\n").contains("listener.filter.messages must be a list"),
+        "{}",
+        err("listener:\n  filter:\n    messages: outbox\n")
+    );
+    let (c, _) = load_env("", &[("WAL_LISTENER_FILTER_MESSAGES", "outbox, audit")]).expect("loads");
+    assert_eq!(c.listener.filter.messages, Some(vec!["outbox".into(), "audit".into()]));
+    let (c, _) = load_env("", &[("WAL_LISTENER_FILTER_MESSAGES", "[outbox]")]).expect("loads");
+    assert_eq!(c.listener.filter.messages, Some(vec!["outbox".into()]));
+}

@@ -21,10 +21,12 @@
 //!
 //! Modules, in data-flow order: [`source`] (replication connection), [`decode`] (pgoutput
 //! bytes → messages), [`event`] (messages → [`event::ChangeEvent`]s), [`script`] (Lua routing),
-//! [`publish`] (NATS), [`ack`] (ordered acknowledgements), wired together by [`app`].
+//! [`publish`] (NATS), [`ack`] (ordered acknowledgements), wired together by [`app`]; [`catalog`]
+//! reads `pg_type` so that domains, arrays and user types map like their base types.
 
 pub mod ack;
 pub mod app;
+pub mod catalog;
 pub mod config;
 pub mod decode;
 pub mod event;

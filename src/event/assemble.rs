@@ -4,14 +4,30 @@
 //! `Begin, (Relation | Type | Origin | change)*, Commit`. Changes are emitted as they arrive —
 //! nothing is buffered per transaction — and the Commit becomes an [`Item::TxEnd`] carrying the
 //! end LSN that may be confirmed once every message produced before it is acknowledged.
+//!
+//! Column types are resolved through a [`TypeRegistry`] when a Relation arrives. A Relation
+//! (or Type) message that names a user type the registry does not know leaves the type mapped
+//! as text for the moment and records the OID: the caller fetches it from the catalog
+//! ([`Assembler::missing_types`], [`Assembler::add_types`]) before applying the next message,
+//! and every cached relation is re-resolved.
+//!
+//! ## Old rows and TOAST
+//!
+//! What PostgreSQL sends depends on the table's replica identity: with DEFAULT (primary key)
+//! or USING INDEX, an UPDATE carries an old `K` tuple only when a key column changed and a
+//! DELETE carries the old key; with FULL, both carry the whole old row (`O`); with NOTHING,
+//! nothing. An unchanged TOASTed column arrives as `u` (no value). We fill it from the old
+//! tuple when that tuple holds the column — always with FULL, and for key columns of a `K`
+//! tuple — and otherwise leave it out of `data` and list it in `unchanged_toast`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::decode::{Message, OldTuple, ReplicaIdentity, TupleData, TupleValue};
 use crate::lsn::Lsn;
 
-use super::value::{TypeMap, convert, type_map};
+use super::types::{FIRST_NORMAL_OID, PgType, TypeRegistry};
+use super::value::{TypeMap, convert};
 use super::{Action, ChangeEvent, MessageBody, Row, Value};
 
 /// What the assembler hands on, in WAL order.
@@ -37,7 +53,7 @@ pub enum EventError {
     NestedBegin,
 }
 
-/// A value whose text did not parse as its type: published as text, reported once.
+/// A value whose text did not parse as its type: published as text, reported once per column.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BadValue {
     pub table: String,
@@ -45,6 +61,7 @@ pub struct BadValue {
     pub type_oid: u32,
 }
 
+#[derive(Clone)]
 struct ColumnInfo {
     name: Arc<str>,
     map: TypeMap,
@@ -52,6 +69,7 @@ struct ColumnInfo {
     is_key: bool,
 }
 
+#[derive(Clone)]
 struct RelationInfo {
     schema: Arc<str>,
     table: Arc<str>,
@@ -70,9 +88,15 @@ struct OpenTx {
 #[derive(Default)]
 pub struct Assembler {
     relations: HashMap<u32, Arc<RelationInfo>>,
+    types: TypeRegistry,
+    /// User type OIDs named by a Relation or Type message that the registry does not know.
+    missing_types: Vec<u32>,
     tx: Option<OpenTx>,
-    /// Values that failed to parse since the last [`Assembler::take_bad_values`].
+    /// First bad values per column since the last [`Assembler::take_bad_values`].
     bad_values: Vec<BadValue>,
+    /// `schema.table.column` of every column already reported.
+    bad_columns: HashSet<String>,
+    bad_value_count: u64,
 }
 
 impl Assembler {
@@ -85,9 +109,70 @@ impl Assembler {
         self.tx.is_some()
     }
 
-    /// Values that did not parse as their type since the last call (for logging and metrics).
+    /// Columns whose value did not parse as their type for the first time since the last call
+    /// (for one log line per column; every occurrence is counted in [`Self::bad_value_count`]).
     pub fn take_bad_values(&mut self) -> Vec<BadValue> {
         std::mem::take(&mut self.bad_values)
+    }
+
+    /// How many values did not parse as their type (published as their original text).
+    pub fn bad_value_count(&self) -> u64 {
+        self.bad_value_count
+    }
+
+    /// Replace the type registry (read from the catalog at session start).
+    pub fn set_types(&mut self, types: TypeRegistry) {
+        self.types = types;
+        self.missing_types.clear();
+        self.resolve_relations();
+    }
+
+    /// User type OIDs that a Relation or Type message named and the registry does not know
+    /// yet; empty almost always. Look them up and pass the rows to [`Self::add_types`] before
+    /// applying the next message.
+    pub fn missing_types(&self) -> &[u32] {
+        &self.missing_types
+    }
+
+    /// Add catalog rows for types [`Self::missing_types`] listed. Cached relations are
+    /// re-resolved, and what they still miss — types not found, or further unknown types they
+    /// depend on (an array's element, a domain's base) — becomes the new
+    /// [`Self::missing_types`].
+    pub fn add_types(&mut self, found: impl IntoIterator<Item = PgType>) {
+        for t in found {
+            self.types.insert(t);
+        }
+        self.missing_types.clear();
+        self.resolve_relations();
+    }
+
+    /// Stop asking for the types still missing (dropped since the WAL was written): they map
+    /// to text.
+    pub fn give_up_missing_types(&mut self) {
+        for oid in std::mem::take(&mut self.missing_types) {
+            self.types.insert(PgType {
+                oid,
+                kind: super::types::TypeKind::Other,
+            });
+        }
+        self.resolve_relations();
+    }
+
+    /// Recompute every cached column mapping from the registry and collect what is missing.
+    fn resolve_relations(&mut self) {
+        let mut missing = Vec::new();
+        for rel in self.relations.values_mut() {
+            let rel = Arc::make_mut(rel);
+            for col in &mut rel.columns {
+                col.map = self.types.map(col.type_oid);
+                self.types.missing(col.type_oid, &mut missing);
+            }
+        }
+        for oid in missing {
+            if !self.missing_types.contains(&oid) {
+                self.missing_types.push(oid);
+            }
+        }
     }
 
     /// Forget the open transaction (after a reconnect the server resends it whole).
@@ -114,16 +199,16 @@ impl Assembler {
                 out.push(Item::TxEnd(Lsn(c.end_lsn)));
             }
             Message::Relation(r) => {
-                let columns = r
-                    .columns
-                    .into_iter()
-                    .map(|c| ColumnInfo {
+                let mut columns = Vec::with_capacity(r.columns.len());
+                for c in r.columns {
+                    self.types.missing(c.type_oid, &mut self.missing_types);
+                    columns.push(ColumnInfo {
                         name: c.name.into(),
-                        map: type_map(c.type_oid),
+                        map: self.types.map(c.type_oid),
                         type_oid: c.type_oid,
                         is_key: c.is_key,
-                    })
-                    .collect();
+                    });
+                }
                 let info = RelationInfo {
                     schema: r.namespace.into(),
                     table: r.name.into(),
@@ -132,7 +217,14 @@ impl Assembler {
                 };
                 self.relations.insert(r.oid, Arc::new(info));
             }
-            Message::Type(_) | Message::Origin(_) => {}
+            // pgoutput sends a Type message before the Relation that uses a user type: a type
+            // created after the registry was read is fetched before the Relation arrives.
+            Message::Type(t) => {
+                if t.oid >= FIRST_NORMAL_OID {
+                    self.types.missing(t.oid, &mut self.missing_types);
+                }
+            }
+            Message::Origin(_) => {}
             Message::Insert(i) => {
                 let rel = self.relation(i.relation_oid)?;
                 let data = self.row(&rel, &i.new, None)?;
@@ -140,12 +232,8 @@ impl Assembler {
             }
             Message::Update(u) => {
                 let rel = self.relation(u.relation_oid)?;
-                let old_full = match &u.old {
-                    Some(OldTuple::Full(t)) => Some(t),
-                    _ => None,
-                };
                 let mut unchanged = Vec::new();
-                let data = self.row(&rel, &u.new, Some((old_full, &mut unchanged)))?;
+                let data = self.row(&rel, &u.new, Some((u.old.as_ref(), &mut unchanged)))?;
                 let data_old = match &u.old {
                     Some(old) => self.old_row(&rel, old)?,
                     // No old tuple: the key did not change, so the new row's key columns are the
@@ -184,8 +272,10 @@ impl Assembler {
                         tx.next_ordinal += 1;
                         (tx.commit_lsn, tx.xid, tx.commit_time, ordinal)
                     }
-                    // A non-transactional message stands alone: its own LSN identifies it.
-                    _ => (Lsn(m.lsn), 0, 0, 0),
+                    // A non-transactional message stands alone: its own LSN identifies it. It
+                    // has no commit, hence no commit time and no xid in protocol version 1:
+                    // its time is when it was decoded.
+                    _ => (Lsn(m.lsn), 0, now_pg_micros(), 0),
                 };
                 out.push(Item::Change(ChangeEvent {
                     commit_lsn,
@@ -243,20 +333,26 @@ impl Assembler {
         Ok(())
     }
 
-    /// Convert a new-row tuple. `toast`: the old full row (if sent) and where to list columns
+    /// Convert a new-row tuple. `toast`: the old tuple (if sent) and where to list columns
     /// whose unchanged TOASTed value was withheld.
     fn row(
         &mut self,
         rel: &RelationInfo,
         tuple: &TupleData,
-        mut toast: Option<(Option<&TupleData>, &mut Vec<Arc<str>>)>,
+        mut toast: Option<(Option<&OldTuple>, &mut Vec<Arc<str>>)>,
     ) -> Result<Row, EventError> {
         check_width(rel, tuple)?;
         let mut row = Vec::with_capacity(tuple.0.len());
         for (i, (value, col)) in tuple.0.iter().zip(&rel.columns).enumerate() {
             let value = match value {
                 TupleValue::UnchangedToast => {
-                    let from_old = toast.as_ref().and_then(|(old, _)| old.and_then(|o| o.0.get(i)));
+                    // A full old row holds every column; a key tuple only the key columns
+                    // (the others are sent as nulls, which must not be taken for values).
+                    let from_old = toast.as_ref().and_then(|(old, _)| match old {
+                        Some(OldTuple::Full(t)) => t.0.get(i),
+                        Some(OldTuple::Key(t)) if col.is_key => t.0.get(i),
+                        _ => None,
+                    });
                     match from_old {
                         Some(old @ (TupleValue::Text(_) | TupleValue::Null)) => self.value(rel, col, old)?,
                         _ => {
@@ -301,16 +397,29 @@ impl Assembler {
             TupleValue::Text(bytes) => {
                 let text = String::from_utf8_lossy(bytes);
                 convert(col.map, &text).or_else(|kept| {
-                    self.bad_values.push(BadValue {
-                        table: format!("{}.{}", rel.schema, rel.table),
-                        column: col.name.to_string(),
-                        type_oid: col.type_oid,
-                    });
+                    self.bad_value_count += 1;
+                    let table = format!("{}.{}", rel.schema, rel.table);
+                    if self.bad_columns.insert(format!("{table}.{}", col.name)) {
+                        self.bad_values.push(BadValue {
+                            table,
+                            column: col.name.to_string(),
+                            type_oid: col.type_oid,
+                        });
+                    }
                     Ok(kept)
                 })
             }
         }
     }
+}
+
+/// Now, in microseconds since 2000-01-01 UTC.
+fn now_pg_micros() -> i64 {
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or(0);
+    unix.saturating_sub(super::PG_EPOCH_UNIX_MICROS)
 }
 
 fn check_width(rel: &RelationInfo, tuple: &TupleData) -> Result<(), EventError> {

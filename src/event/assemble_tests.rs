@@ -260,3 +260,178 @@ fn bad_values_are_kept_as_text_and_reported() {
     assert_eq!(bad.len(), 1);
     assert_eq!(bad[0].column, "id");
 }
+
+#[test]
+fn bad_values_are_logged_once_per_column_and_all_counted() {
+    let mut a = Assembler::new();
+    let mut out = Vec::new();
+    a.apply(relation(ReplicaIdentity::Default), &mut out).expect("relation");
+    a.apply(begin(), &mut out).expect("begin");
+    for _ in 0..3 {
+        a.apply(
+            Message::Insert(Insert {
+                relation_oid: 16384,
+                new: TupleData(vec![text("x"), TupleValue::Null, TupleValue::Null]),
+            }),
+            &mut out,
+        )
+        .expect("insert");
+    }
+    assert_eq!(a.take_bad_values().len(), 1);
+    assert_eq!(a.bad_value_count(), 3);
+    a.apply(
+        Message::Insert(Insert {
+            relation_oid: 16384,
+            new: TupleData(vec![text("y"), TupleValue::Null, TupleValue::Null]),
+        }),
+        &mut out,
+    )
+    .expect("insert");
+    assert!(a.take_bad_values().is_empty(), "already reported");
+    assert_eq!(a.bad_value_count(), 4);
+}
+
+#[test]
+fn unchanged_toast_key_columns_come_from_an_old_key_tuple() {
+    // A composite key (id, bio) where id changed and the big bio did not: PostgreSQL sends
+    // the old key with bio's value and 'u' for bio in the new row.
+    let mut a = Assembler::new();
+    let mut out = Vec::new();
+    let mut rel = relation(ReplicaIdentity::Index);
+    if let Message::Relation(r) = &mut rel {
+        r.columns[2].is_key = true;
+    }
+    a.apply(rel, &mut out).expect("relation");
+    a.apply(begin(), &mut out).expect("begin");
+    a.apply(
+        Message::Update(Update {
+            relation_oid: 16384,
+            old: Some(OldTuple::Key(TupleData(vec![text("1"), TupleValue::Null, text("big")]))),
+            new: TupleData(vec![text("2"), TupleValue::UnchangedToast, TupleValue::UnchangedToast]),
+        }),
+        &mut out,
+    )
+    .expect("update");
+    let j = json(change(&out));
+    assert_eq!(j["data"], serde_json::json!({"id": 2, "bio": "big"}));
+    assert_eq!(j["dataOld"], serde_json::json!({"id": 1, "bio": "big"}));
+    // email is not a key column: the key tuple's null for it is not its value.
+    assert_eq!(j["unchangedToast"], serde_json::json!(["email"]));
+}
+
+#[test]
+fn unknown_user_types_are_asked_for_and_relations_re_resolved() {
+    use crate::event::{PgType, TypeKind};
+    let mut a = Assembler::new();
+    let mut out = Vec::new();
+    let col = |name: &str, type_oid| Column {
+        is_key: false,
+        name: name.into(),
+        type_oid,
+        type_modifier: -1,
+    };
+    a.apply(
+        Message::Type(crate::decode::TypeMsg {
+            oid: 30_000,
+            namespace: "public".into(),
+            name: "big".into(),
+        }),
+        &mut out,
+    )
+    .expect("type");
+    assert_eq!(a.missing_types(), [30_000]);
+    a.apply(
+        Message::Relation(Relation {
+            oid: 1,
+            namespace: "public".into(),
+            name: "t".into(),
+            replica_identity: ReplicaIdentity::Default,
+            columns: vec![col("n", 30_000), col("ns", 30_001), col("mood", 30_002)],
+        }),
+        &mut out,
+    )
+    .expect("relation");
+    assert_eq!(a.missing_types(), [30_000, 30_001, 30_002]);
+    // Round 1: 30000 is a domain over int8, 30001 an array of 30003 (not known yet), 30002
+    // was dropped meanwhile (not found).
+    a.add_types([
+        PgType {
+            oid: 30_000,
+            kind: TypeKind::Domain { base: 20 },
+        },
+        PgType {
+            oid: 30_001,
+            kind: TypeKind::Array {
+                elem: 30_003,
+                delimiter: b',',
+            },
+        },
+    ]);
+    let mut missing = a.missing_types().to_vec();
+    missing.sort_unstable();
+    assert_eq!(missing, [30_002, 30_003]);
+    // Round 2: the element is a domain over the first domain; 30002 is still not there.
+    a.add_types([PgType {
+        oid: 30_003,
+        kind: TypeKind::Domain { base: 30_000 },
+    }]);
+    assert_eq!(a.missing_types(), [30_002]);
+    a.give_up_missing_types();
+    assert!(a.missing_types().is_empty());
+    a.apply(begin(), &mut out).expect("begin");
+    a.apply(
+        Message::Insert(Insert {
+            relation_oid: 1,
+            new: TupleData(vec![text("9007199254740993"), text("{1,NULL,-2}"), text("happy")]),
+        }),
+        &mut out,
+    )
+    .expect("insert");
+    let j = json(change(&out));
+    assert_eq!(
+        j["data"],
+        serde_json::json!({"n": 9007199254740993u64, "ns": [1, null, -2], "mood": "happy"})
+    );
+    assert!(a.take_bad_values().is_empty());
+}
+
+#[test]
+fn non_transactional_messages_stand_alone() {
+    let mut a = Assembler::new();
+    let mut out = Vec::new();
+    a.apply(
+        Message::Message(LogicalMessage {
+            transactional: false,
+            lsn: 0x0F00,
+            prefix: "audit".into(),
+            content: Bytes::from_static(b"plain text"),
+        }),
+        &mut out,
+    )
+    .expect("message outside a transaction");
+    let e = change(&out);
+    assert_eq!((e.commit_lsn, e.ordinal, e.xid), (Lsn(0x0F00), 0, 0));
+    assert!(e.commit_time > 0, "stamped with the time it was decoded");
+    let j = json(e);
+    assert_eq!(j["content"], "plain text");
+    assert_eq!(j["transactional"], false);
+}
+
+#[test]
+fn binary_message_content_is_hex_not_mangled() {
+    let mut a = Assembler::new();
+    let mut out = Vec::new();
+    a.apply(
+        Message::Message(LogicalMessage {
+            transactional: false,
+            lsn: 1,
+            prefix: "bin".into(),
+            content: Bytes::from_static(b"\x00\xff\x10"),
+        }),
+        &mut out,
+    )
+    .expect("message");
+    let j = json(change(&out));
+    assert_eq!(j["content"], "\\x00ff10");
+    assert_eq!(j["binary"], true);
+}

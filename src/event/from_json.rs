@@ -2,9 +2,9 @@
 //!
 //! Accepted fields: `schema`, `table`, `action` (required); `data`, `dataOld`, `commitTime`,
 //! `lsn`, `xid`, `unchangedToast`, and for `MESSAGE` events `prefix`, `content`,
-//! `transactional`. JSON values map back to column values the way they were produced:
-//! integers → integers, other numbers → floats, strings → text, objects → json, arrays →
-//! arrays.
+//! `transactional` and `binary` (hex content). JSON values map back to column values the way
+//! they were produced: integers → integers, other numbers → floats, strings → text, objects →
+//! json, arrays → arrays.
 
 use std::sync::Arc;
 
@@ -47,14 +47,20 @@ pub fn from_json(json: &Json, ordinal: u32) -> Result<ChangeEvent, String> {
             .ok_or_else(|| format!("commitTime {t:?} is not RFC 3339 UTC like 2026-11-26T10:20:30.123456Z"))?,
         None => 0,
     };
+    let binary = obj.get("binary").and_then(Json::as_bool) == Some(true);
+    let content = match obj.get("content") {
+        // Content that was not UTF-8 is published as bytea hex text with "binary": true.
+        Some(Json::String(s)) if binary => bytes::Bytes::from(
+            from_hex(s).ok_or_else(|| format!("content {s:?} with \"binary\": true must be hex text like \\x00ff"))?,
+        ),
+        Some(Json::String(s)) => bytes::Bytes::from(s.clone().into_bytes()),
+        Some(other) => bytes::Bytes::from(other.to_string().into_bytes()),
+        None => bytes::Bytes::new(),
+    };
     let message = (action == Action::Message).then(|| MessageBody {
         transactional: obj.get("transactional").and_then(Json::as_bool).unwrap_or(true),
         prefix: text("prefix").unwrap_or_default().to_string(),
-        content: match obj.get("content") {
-            Some(Json::String(s)) => bytes::Bytes::from(s.clone().into_bytes()),
-            Some(other) => bytes::Bytes::from(other.to_string().into_bytes()),
-            None => bytes::Bytes::new(),
-        },
+        content,
     });
     let unchanged_toast = match obj.get("unchangedToast") {
         Some(Json::Array(names)) => names.iter().filter_map(Json::as_str).map(Arc::from).collect(),
@@ -104,6 +110,21 @@ fn value(json: &Json) -> Value {
             .map(Value::Json)
             .unwrap_or(Value::Null),
     }
+}
+
+/// `\x00ff` (PostgreSQL's bytea hex text) → bytes.
+fn from_hex(text: &str) -> Option<Vec<u8>> {
+    let hex = text.strip_prefix("\\x")?.as_bytes();
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    let digit = |b: u8| char::from(b).to_digit(16).and_then(|d| u8::try_from(d).ok());
+    hex.chunks(2)
+        .map(|pair| match pair {
+            [hi, lo] => Some(digit(*hi)? << 4 | digit(*lo)?),
+            _ => None,
+        })
+        .collect()
 }
 
 /// `YYYY-MM-DDTHH:MM:SS[.ffffff]Z` → microseconds since 2000-01-01.
@@ -157,6 +178,23 @@ mod tests {
         assert_eq!(payload["data"], json["data"]);
         assert_eq!(payload["dataOld"], json["dataOld"]);
         assert_eq!(payload["commitTime"], json["commitTime"]);
+    }
+
+    #[test]
+    fn binary_message_content_round_trips() {
+        let json = serde_json::json!({"action": "MESSAGE", "prefix": "bin", "content": "\\x00ff10", "binary": true});
+        let event = from_json(&json, 0).expect("valid event");
+        assert_eq!(
+            event.message.as_ref().map(|m| &m.content[..]),
+            Some(&b"\x00\xff\x10"[..])
+        );
+        let payload: serde_json::Value = serde_json::from_slice(&super::super::json::payload(&event)).expect("json");
+        assert_eq!(
+            (&payload["content"], &payload["binary"]),
+            (&json["content"], &json["binary"])
+        );
+        let bad = serde_json::json!({"action": "MESSAGE", "content": "\\x0", "binary": true});
+        assert!(from_json(&bad, 0).is_err());
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The default JSON payload, field for field the Go wal-listener's:
 //! `{"id","schema","table","action","data","dataOld","commitTime"}`, plus `unchangedToast`
 //! when PostgreSQL withheld unchanged TOASTed values, and `prefix`/`content`/`transactional`
-//! for logical messages.
+//! for logical messages (`content` embedded when it is JSON, else a string; content that is
+//! not UTF-8 is PostgreSQL's bytea hex text `\x…` with `"binary": true`, so no byte is lost).
 
 use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
 
@@ -24,7 +25,13 @@ impl Serialize for ChangeEvent {
         if let (Action::Message, Some(msg)) = (self.action, &self.message) {
             m.serialize_entry("prefix", &msg.prefix)?;
             m.serialize_entry("transactional", &msg.transactional)?;
-            m.serialize_entry("content", &MessageContent(&msg.content))?;
+            match std::str::from_utf8(&msg.content) {
+                Ok(text) => m.serialize_entry("content", &MessageContent(text))?,
+                Err(_) => {
+                    m.serialize_entry("content", &hex_text(&msg.content))?;
+                    m.serialize_entry("binary", &true)?;
+                }
+            }
         } else {
             m.serialize_entry("data", &RowJson(&self.data))?;
             m.serialize_entry("dataOld", &RowJson(&self.data_old))?;
@@ -74,17 +81,26 @@ impl Serialize for ValueJson<'_> {
     }
 }
 
-/// Message content: embedded when it is valid JSON, otherwise a string (invalid UTF-8 is
-/// replaced with U+FFFD).
-struct MessageContent<'a>(&'a [u8]);
+/// Message content that is UTF-8: embedded when it is valid JSON, otherwise a string.
+struct MessageContent<'a>(&'a str);
 
 impl Serialize for MessageContent<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        if let Ok(text) = std::str::from_utf8(self.0)
-            && let Ok(raw) = serde_json::from_str::<&serde_json::value::RawValue>(text)
-        {
-            return raw.serialize(s);
+        match serde_json::from_str::<&serde_json::value::RawValue>(self.0) {
+            Ok(raw) => raw.serialize(s),
+            Err(_) => s.serialize_str(self.0),
         }
-        s.serialize_str(&String::from_utf8_lossy(self.0))
     }
+}
+
+/// Bytes as PostgreSQL's bytea hex text: `\x` and two lower-case hex digits per byte.
+fn hex_text(bytes: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(2 + 2 * bytes.len());
+    out.push_str("\\x");
+    for b in bytes {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0x0f)]));
+    }
+    out
 }

@@ -13,12 +13,14 @@
 mod assemble;
 mod from_json;
 pub mod json;
+pub mod types;
 pub mod value;
 
 use std::sync::Arc;
 
 pub use assemble::{Assembler, BadValue, EventError, Item};
 pub use from_json::from_json;
+pub use types::{PgType, TypeKind, TypeRegistry};
 pub use value::Value;
 
 use crate::lsn::Lsn;

@@ -61,20 +61,31 @@ pub enum TypeMap {
     Array(Scalar, u8),
 }
 
-/// The mapping of a built-in type OID (`pg_type.h`); unknown OIDs (enums, citext, composite, …)
-/// map to text.
+/// The scalar mapping of a built-in type that is not text, by OID (`pg_type.h`).
+pub fn builtin_scalar(oid: u32) -> Option<Scalar> {
+    use Scalar::*;
+    Some(match oid {
+        16 => Bool,
+        20 | 21 | 23 | 26 => Int,
+        700 | 701 => Float,
+        1700 => Numeric,
+        114 | 3802 => Json,
+        1184 => TimestampTz,
+        1114 => Timestamp,
+        _ => return None,
+    })
+}
+
+/// The mapping of a built-in type OID without a catalog (the fallback of
+/// [`super::types::TypeRegistry`], which also knows domains, user types and every array type);
+/// unknown OIDs map to text.
 pub fn type_map(oid: u32) -> TypeMap {
     use Scalar::*;
-    let scalar = |s| TypeMap::Scalar(s);
+    if let Some(s) = builtin_scalar(oid) {
+        return TypeMap::Scalar(s);
+    }
     let array = |s| TypeMap::Array(s, b',');
     match oid {
-        16 => scalar(Bool),
-        20 | 21 | 23 | 26 => scalar(Int),
-        700 | 701 => scalar(Float),
-        1700 => scalar(Numeric),
-        114 | 3802 => scalar(Json),
-        1184 => scalar(TimestampTz),
-        1114 => scalar(Timestamp),
         1000 => array(Bool),
         1005 | 1007 | 1016 | 1028 => array(Int),
         1021 | 1022 => array(Float),
@@ -89,7 +100,7 @@ pub fn type_map(oid: u32) -> TypeMap {
         1009 | 1015 | 1014 | 1003 | 2951 | 1182 | 1183 | 1270 | 1187 | 1001 | 1041 | 651 | 1040 | 1002 | 143 | 1561
         | 1563 | 791 | 4073 | 3643 | 3905 | 3907 | 3909 | 3911 | 3913 | 3927 | 1017 | 1018 | 1019 | 1027 | 629
         | 1034 | 775 | 2949 | 1010 | 1011 | 1012 | 1013 | 1263 | 1006 => array(Text),
-        _ => scalar(Text),
+        _ => TypeMap::Scalar(Text),
     }
 }
 
@@ -151,9 +162,11 @@ fn convert_scalar(scalar: Scalar, text: &str) -> Result<Value, Value> {
     }
 }
 
-/// `2026-11-26 10:20:30.123456+00` → `2026-11-26T10:20:30.123456Z` (with `zoned`), or without
-/// the zone for `timestamp`. BC years become ISO 8601 astronomical years (`0044 BC` → `-0043`);
-/// `infinity` and `-infinity` pass through. `None` for any other shape.
+/// `2026-11-26 10:20:30.1+00` → `2026-11-26T10:20:30.100000Z` (with `zoned`), or without the
+/// zone for `timestamp`: always six fractional digits, like `commitTime`, so every value has
+/// one width and sorts as text. BC years become ISO 8601 astronomical years (`0044 BC` →
+/// `-0043`); `infinity` and `-infinity` pass through. `None` for any other shape (the session
+/// pins `TimeZone=UTC`, so a zoned value always ends in `+00`).
 fn rfc3339(text: &str, zoned: bool) -> Option<String> {
     if text == "infinity" || text == "-infinity" {
         return Some(text.to_string());
@@ -164,14 +177,16 @@ fn rfc3339(text: &str, zoned: bool) -> Option<String> {
     };
     let body = if zoned { body.strip_suffix("+00")? } else { body };
     let (date, time) = body.split_once(' ')?;
-    let (year, rest) = date.split_once('-')?;
-    if year.is_empty()
-        || !year.bytes().all(|b| b.is_ascii_digit())
-        || !rest.bytes().all(|b| b.is_ascii_digit() || b == b'-')
-    {
+    let (year, month_day) = date.split_once('-')?;
+    let digits = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_digit());
+    let (month, day) = month_day.split_once('-')?;
+    if year.len() < 4 || !year.bytes().all(|b| b.is_ascii_digit()) || !digits(month, 2) || !digits(day, 2) {
         return None;
     }
-    if !time.bytes().all(|b| b.is_ascii_digit() || b == b':' || b == b'.') {
+    let (hms, fraction) = time.split_once('.').unwrap_or((time, ""));
+    let mut parts = hms.split(':');
+    let hms_ok = (0..3).all(|_| parts.next().is_some_and(|p| digits(p, 2))) && parts.next().is_none();
+    if !hms_ok || fraction.len() > 6 || !fraction.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
     let year = if bc {
@@ -186,7 +201,7 @@ fn rfc3339(text: &str, zoned: bool) -> Option<String> {
         year.to_string()
     };
     let zone = if zoned { "Z" } else { "" };
-    Some(format!("{year}-{rest}T{time}{zone}"))
+    Some(format!("{year}-{month}-{day}T{hms}.{fraction:0<6}{zone}"))
 }
 
 /// A parsed array literal before element conversion.

@@ -53,8 +53,7 @@ pub fn dead_letter(event: &ChangeEvent, subject: &str, error: &str) -> OutMessag
     let mut headers = base_headers(event, &msg_id);
     headers.insert("Content-Type", "application/json");
     // Header values cannot hold line breaks; Lua tracebacks have them.
-    let flat: String = error.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
-    headers.insert("Wal-Error", flat.as_str());
+    headers.insert("Wal-Error", flat(error).as_str());
     OutMessage {
         subject: subject.to_string(),
         headers,
@@ -85,8 +84,37 @@ fn base_headers(event: &ChangeEvent, msg_id: &str) -> HeaderMap {
     headers.insert("Nats-Msg-Id", msg_id);
     headers.insert("Wal-Lsn", event.commit_lsn.to_string().as_str());
     headers.insert("Wal-Xid", event.xid.to_string().as_str());
-    headers.insert("Wal-Schema", &*event.schema);
-    headers.insert("Wal-Table", &*event.table);
+    // Schema and table names may contain line breaks, which a header value cannot (the
+    // payload keeps the exact names).
+    headers.insert("Wal-Schema", flat(&event.schema).as_str());
+    headers.insert("Wal-Table", flat(&event.table).as_str());
     headers.insert("Wal-Action", event.action.as_str());
     headers
+}
+
+/// `text` with control characters (line breaks above all) replaced by spaces.
+fn flat(text: &str) -> String {
+    text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::from_json;
+
+    #[test]
+    fn names_with_line_breaks_make_valid_headers() {
+        let json = serde_json::json!({"schema": "we\r\nird", "table": "a\nb", "action": "INSERT"});
+        let event = from_json(&json, 0).expect("event");
+        let routed = Routed {
+            subject: "t.x".into(),
+            payload: Payload::Event,
+            headers: Vec::new(),
+        };
+        let msg = envelope(&event, routed, 0, &mut None);
+        assert_eq!(msg.headers.get("Wal-Schema").map(|v| v.as_str()), Some("we  ird"));
+        assert_eq!(msg.headers.get("Wal-Table").map(|v| v.as_str()), Some("a b"));
+        let payload: serde_json::Value = serde_json::from_slice(&msg.payload).expect("json");
+        assert_eq!(payload["table"], "a\nb", "the payload keeps the exact name");
+    }
 }

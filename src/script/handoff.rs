@@ -70,6 +70,9 @@ pub(crate) fn to_lua(lua: &Lua, value: &Value, in_array: bool) -> mlua::Result<L
         }
         Value::Array(items) => {
             let table = lua.create_table_with_capacity(items.len(), 0)?;
+            // Marked as an array, so that json.encode and returned payloads keep an empty
+            // array `[]` rather than turning it into `{}`.
+            table.set_metatable(Some(lua.array_metatable()))?;
             for (i, item) in items.iter().enumerate() {
                 table.raw_set(i + 1, to_lua(lua, item, true)?)?;
             }

@@ -76,7 +76,7 @@ fn config_view(config: &Config) -> serde_json::Value {
         "listener": {
             "slotName": config.listener.slot_name,
             "publication": config.listener.publication,
-            "filter": { "tables": tables },
+            "filter": filter_view(tables, config.listener.filter.messages.as_deref()),
             "topicsMap": config.listener.topics_map,
         },
         "publisher": {
@@ -88,6 +88,15 @@ fn config_view(config: &Config) -> serde_json::Value {
             "deadLetterSubject": config.dead_letter_subject(),
         },
     })
+}
+
+/// `listener.filter`; `messages` is present only when configured (absent = every message).
+fn filter_view(tables: serde_json::Map<String, serde_json::Value>, messages: Option<&[String]>) -> serde_json::Value {
+    let mut filter = serde_json::json!({ "tables": tables });
+    if let (Some(messages), Some(obj)) = (messages, filter.as_object_mut()) {
+        obj.insert("messages".into(), serde_json::json!(messages));
+    }
+    filter
 }
 
 /// Wrap tables (recursively) in proxies whose writes fail.

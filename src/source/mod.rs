@@ -61,4 +61,5 @@ pub trait Replication: Send {
 }
 
 /// Session settings pinned on the replication connection so that text output is stable.
-pub const SESSION_OPTIONS: &str = "-c DateStyle=ISO -c TimeZone=UTC -c IntervalStyle=postgres -c extra_float_digits=3";
+pub const SESSION_OPTIONS: &str =
+    "-c DateStyle=ISO -c TimeZone=UTC -c IntervalStyle=postgres -c extra_float_digits=3 -c bytea_output=hex";

@@ -161,7 +161,7 @@ fn db_error_text(e: &tokio_postgres::Error) -> String {
 
 /// Authentication and privilege problems are fatal; everything else (refused connections,
 /// restarts, recovery) is worth retrying.
-fn classify(e: &tokio_postgres::Error) -> SourceError {
+pub(crate) fn classify(e: &tokio_postgres::Error) -> SourceError {
     use tokio_postgres::error::SqlState;
     let text = db_error_text(e);
     match e.code() {

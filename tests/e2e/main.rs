@@ -5,6 +5,11 @@
 mod support;
 
 mod cli;
+mod expect;
 mod faults;
+mod identifiers;
+mod messages;
 mod pipeline;
 mod scripts;
+mod toast;
+mod types;

@@ -34,6 +34,7 @@ use crate::lsn::Lsn;
 use crate::publish::{self, OutMessage, PublishError, Sink};
 use crate::script::{RouteError, Router};
 use crate::source::{Frame, PgwireReplication, Replication, SourceError, setup};
+use crate::{health, metrics};
 
 /// Messages a session may have in flight before waiting for acks (measured best of
 /// 256/1024/4096 on 2 cores, FACTS.md).
@@ -99,6 +100,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
                     backoff = BACKOFF_MIN;
                 }
                 tracing::warn!(error = %message, retry_in = ?backoff, "pipeline interrupted; reconnecting");
+                health::reconnecting(&message);
                 tokio::select! {
                     _ = shutdown.cancelled() => return Ok(()),
                     _ = tokio::time::sleep(backoff) => {}
@@ -108,7 +110,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
                 // one leaves the running version in place.
                 match Router::from_config(&config) {
                     Ok(fresh) => router = fresh,
-                    Err(e) => tracing::error!(error = %e, "script does not load; keeping the previous version"),
+                    Err(e) => {
+                        metrics::script_reload(false);
+                        tracing::error!(error = %e, "script does not load; keeping the previous version")
+                    }
                 }
             }
         }
@@ -121,9 +126,12 @@ async fn session(config: &Config, router: &Router, shutdown: &CancellationToken)
     let slot = setup::prepare(config).await?;
     if slot.active {
         tracing::info!(slot = %config.listener.slot_name, "slot is in use by another connection; waiting as standby");
+        health::standby(&config.listener.slot_name);
     }
     let mut repl = PgwireReplication::start(config, slot.confirmed_flush).await?;
     tracing::info!(slot = %config.listener.slot_name, from = %slot.confirmed_flush, "streaming changes");
+    health::streaming();
+    metrics::confirmed(slot.confirmed_flush);
 
     let (tx, rx) = mpsc::channel(CHANNEL);
     let (flushed_tx, mut flushed_rx) = watch::channel(slot.confirmed_flush);
@@ -138,6 +146,7 @@ async fn session(config: &Config, router: &Router, shutdown: &CancellationToken)
             done = &mut publisher => return Err(publisher_ended(done)),
             Ok(()) = flushed_rx.changed() => {
                 repl.confirm(*flushed_rx.borrow_and_update());
+                metrics::confirmed(*flushed_rx.borrow());
                 continue;
             }
             frame = repl.recv() => frame?,
@@ -166,6 +175,7 @@ async fn session(config: &Config, router: &Router, shutdown: &CancellationToken)
     }
     let last = *flushed_rx.borrow_and_update();
     repl.confirm(last);
+    metrics::confirmed(last);
     repl.flush_confirmation(Duration::from_secs(5)).await;
     tracing::info!(confirmed = %last, "stopped");
     Ok(())
@@ -266,6 +276,7 @@ impl<'a> Transform<'a> {
             .map_err(|e| SessionError::Fatal(format!("replication stream out of protocol: {e}")))?;
         for bad in self.assembler.take_bad_values() {
             tracing::warn!(table = %bad.table, column = %bad.column, type_oid = bad.type_oid, "value does not parse as its type; published as text");
+            metrics::problem("value");
         }
         for item in std::mem::take(&mut self.events) {
             match item {
@@ -284,6 +295,9 @@ impl<'a> Transform<'a> {
     fn route(&mut self, event: Arc<ChangeEvent>, out: &mut Vec<Outbound>) -> Result<(), SessionError> {
         match self.router.route(&event) {
             Ok(routed) => {
+                if routed.is_empty() {
+                    metrics::filtered(&event.table);
+                }
                 let mut default_payload: Option<Bytes> = None;
                 for (index, message) in routed.into_iter().enumerate() {
                     out.push(Outbound::Publish(publish::envelope(
@@ -306,6 +320,7 @@ impl<'a> Transform<'a> {
         out: &mut Vec<Outbound>,
     ) -> Result<(), SessionError> {
         let table = format!("{}.{}", event.schema, event.table);
+        metrics::script_error();
         match self.config.scripts.on_error {
             OnError::DeadLetter => {
                 tracing::warn!(script = %self.router.name(), %table, lsn = %event.commit_lsn, error = %error, subject = %self.dead_letter_subject, "script error; event sent to the dead-letter subject");

@@ -22,13 +22,19 @@
 //! Modules, in data-flow order: [`source`] (replication connection), [`decode`] (pgoutput
 //! bytes → messages), [`event`] (messages → [`event::ChangeEvent`]s), [`script`] (Lua routing),
 //! [`publish`] (NATS), [`ack`] (ordered acknowledgements), wired together by [`app`].
+//! Operations: [`health`] and [`metrics`] collect what [`http`] serves (`/healthz`, `/ready`,
+//! `/metrics`); [`telemetry`] sets up logging.
 
 pub mod ack;
 pub mod app;
+pub mod check;
 pub mod config;
 pub mod decode;
 pub mod event;
+pub mod health;
+pub mod http;
 pub mod lsn;
+pub mod metrics;
 pub mod publish;
 pub mod script;
 pub mod source;

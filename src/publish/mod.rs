@@ -8,6 +8,7 @@
 //! Message envelopes — subject, headers and payload built from an event and a script's
 //! [`Routed`] output — are made by [`envelope`] and [`dead_letter`].
 
+mod connect;
 mod envelope;
 mod stream;
 
@@ -16,7 +17,9 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 
 use crate::config::{Config, PublisherKind};
+use crate::metrics;
 
+pub use connect::{client, display_address};
 pub use envelope::{OutMessage, dead_letter, envelope};
 pub use stream::subject_covers;
 
@@ -57,56 +60,10 @@ impl Sink {
     pub async fn connect(config: &Config) -> Result<Sink, PublishError> {
         let p = &config.publisher;
         if p.kind == PublisherKind::Stdout {
+            crate::health::nats_client().connected(true);
             return Ok(Sink::Stdout);
         }
-        let mut options = async_nats::ConnectOptions::new()
-            .name("wal-listener")
-            .connection_timeout(Duration::from_secs(10))
-            .max_reconnects(None);
-        if let Some(path) = &p.creds_file {
-            options = options
-                .credentials_file(config.base_dir.join(path))
-                .await
-                .map_err(|e| PublishError::Fatal(format!("publisher.credsFile {}: {e}", path.display())))?;
-        }
-        if let Some(path) = &p.nkey_seed_file {
-            let seed = std::fs::read_to_string(config.base_dir.join(path))
-                .map_err(|e| PublishError::Fatal(format!("publisher.nkeySeedFile {}: {e}", path.display())))?;
-            options = options.nkey(seed.trim().to_string());
-        }
-        if let (Some(user), Some(password)) = (&p.user, &p.password) {
-            options = options.user_and_password(user.clone(), password.expose().to_string());
-        }
-        if let Some(token) = &p.token {
-            options = options.token(token.expose().to_string());
-        }
-        if let Some(ca) = &p.tls_ca_file {
-            options = options
-                .add_root_certificates(config.base_dir.join(ca))
-                .require_tls(true);
-        }
-        if let (Some(cert), Some(key)) = (&p.tls_cert_file, &p.tls_key_file) {
-            options = options.add_client_certificate(config.base_dir.join(cert), config.base_dir.join(key));
-        }
-        let addresses: Vec<async_nats::ServerAddr> = p
-            .address
-            .split(',')
-            .map(|a| a.trim().parse::<async_nats::ServerAddr>())
-            .collect::<Result<_, _>>()
-            .map_err(|e| PublishError::Fatal(format!("publisher.address {:?}: {e}", p.address)))?;
-        let client = options.connect(addresses).await.map_err(|e| {
-            let text = e.to_string();
-            if matches!(
-                e.kind(),
-                async_nats::ConnectErrorKind::AuthorizationViolation | async_nats::ConnectErrorKind::Authentication
-            ) {
-                PublishError::Fatal(format!(
-                    "NATS refused the credentials: {text} (check publisher.user/password/token/credsFile)"
-                ))
-            } else {
-                PublishError::Transient(format!("cannot connect to NATS at {}: {text}", p.address))
-            }
-        })?;
+        let client = connect::client(config).await?;
         if p.kind == PublisherKind::NatsCore {
             return Ok(Sink::Core { client });
         }
@@ -123,7 +80,15 @@ impl Sink {
     }
 
     /// Hand one message to the server; the returned future resolves when it is stored.
+    /// Counted in the metrics (in flight, published, commit → ack latency).
     pub async fn send(&self, msg: OutMessage) -> Result<AckFuture, PublishError> {
+        let table = msg.headers.get("Wal-Table").map(|v| v.as_str()).unwrap_or_default();
+        let tracked = metrics::Publishing::start(&msg.subject, table, msg.commit_time);
+        let ack = self.send_untracked(msg).await?;
+        Ok(Box::pin(tracked.track(ack)))
+    }
+
+    async fn send_untracked(&self, msg: OutMessage) -> Result<AckFuture, PublishError> {
         match self {
             Sink::JetStream { js, .. } => {
                 let publish = async_nats::jetstream::message::PublishMessage::build()

@@ -2,11 +2,12 @@
 //! and the pgoutput slot if they are missing, and read where the slot stands.
 
 use tokio_postgres::NoTls;
+use tokio_postgres::config::SslMode as PgSslMode;
 
 use crate::config::{Config, SslMode};
 use crate::lsn::Lsn;
 
-use super::SourceError;
+use super::{SourceError, tls};
 
 /// Where the slot stands before streaming starts.
 #[derive(Debug, Clone)]
@@ -21,12 +22,6 @@ pub struct SlotState {
 /// Connect with tokio-postgres (used for setup only; the connection ends when the client drops).
 pub async fn connect(config: &Config) -> Result<tokio_postgres::Client, SourceError> {
     let db = &config.database;
-    if matches!(db.ssl_mode, SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull) {
-        return Err(SourceError::Fatal(format!(
-            "database.sslMode {:?} is not supported for the SQL connection yet; use disable or prefer",
-            db.ssl_mode
-        )));
-    }
     let mut pg = tokio_postgres::Config::new();
     pg.host(&db.host)
         .port(db.port)
@@ -37,12 +32,34 @@ pub async fn connect(config: &Config) -> Result<tokio_postgres::Client, SourceEr
     if let Some(password) = &db.password {
         pg.password(password.expose());
     }
-    let (client, connection) = pg.connect(NoTls).await.map_err(|e| classify(&e))?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "setup connection closed");
+    let client = match tls::connector(config)? {
+        None => {
+            let (client, connection) = pg
+                .ssl_mode(PgSslMode::Disable)
+                .connect(NoTls)
+                .await
+                .map_err(|e| classify(&e))?;
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(error = %e, "setup connection closed");
+                }
+            });
+            client
         }
-    });
+        Some(tls) => {
+            let mode = match tls::effective_mode(db) {
+                SslMode::Prefer => PgSslMode::Prefer,
+                _ => PgSslMode::Require,
+            };
+            let (client, connection) = pg.ssl_mode(mode).connect(tls).await.map_err(|e| classify(&e))?;
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(error = %e, "setup connection closed");
+                }
+            });
+            client
+        }
+    };
     Ok(client)
 }
 
@@ -175,6 +192,10 @@ fn classify(e: &tokio_postgres::Error) -> SourceError {
                 "PostgreSQL refused the connection: {text} (check database.user, database.password, database.name and pg_hba.conf)"
             ))
         }
+        // Certificate and TLS negotiation failures need an operator, not a retry.
+        _ if text.contains("TLS") => SourceError::Fatal(format!(
+            "TLS to PostgreSQL failed: {text} (check database.sslMode, sslRootCert and sslCert/sslKey)"
+        )),
         _ => SourceError::Transient(format!("PostgreSQL: {text}")),
     }
 }

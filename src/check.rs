@@ -83,13 +83,13 @@ async fn database(config: &Config, r: &mut Report) {
         .map(|row| row.get(0))
         .unwrap_or(false);
     r.ok(format!(
-        "database: PostgreSQL {version} at {}:{}, database {}, user {}, TLS {} (database.sslMode {:?})",
+        "database: PostgreSQL {version} at {}:{}, database {}, user {}, TLS {} (database.sslMode {})",
         db.host,
         db.port,
         db.name,
         db.user,
         if tls { "on" } else { "off" },
-        effective_mode(db)
+        effective_mode(db).as_str()
     ));
 
     match q("SHOW wal_level").await.map(|row| row.get::<_, String>(0)) {
@@ -188,7 +188,7 @@ async fn slot(config: &Config, client: &tokio_postgres::Client, r: &mut Report) 
     if plugin.as_deref() != Some("pgoutput") {
         r.error(format!(
             "listener.slotName: slot {slot} uses plugin {}, not pgoutput: choose another slotName or SELECT pg_drop_replication_slot('{slot}')",
-            plugin.unwrap_or_default()
+            plugin.as_deref().unwrap_or("none (a physical slot)")
         ));
         return;
     }

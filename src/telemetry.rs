@@ -58,7 +58,7 @@ pub fn log_start(config: &crate::config::Config) {
         slot = %config.listener.slot_name,
         publication = %config.listener.publication,
         database = %format!("{}@{}:{}/{}", db.user, db.host, db.port, db.name),
-        ssl_mode = ?crate::source::tls::effective_mode(db),
+        ssl_mode = crate::source::tls::effective_mode(db).as_str(),
         database_password = if db.password.is_some() { "set" } else { "none" },
         publisher = ?p.kind,
         nats = %crate::publish::display_address(&p.address),

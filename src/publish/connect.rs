@@ -86,7 +86,7 @@ pub async fn client(config: &Config) -> Result<async_nats::Client, PublishError>
         .split(',')
         .map(|a| a.trim().parse::<async_nats::ServerAddr>())
         .collect::<Result<_, _>>()
-        .map_err(|e| PublishError::Fatal(format!("publisher.address {:?}: {e}", p.address)))?;
+        .map_err(|e| PublishError::Fatal(format!("publisher.address {:?}: {e}", display_address(&p.address))))?;
     let client = options.connect(addresses).await.map_err(|e| {
         let text = e.to_string();
         match e.kind() {
@@ -98,7 +98,7 @@ pub async fn client(config: &Config) -> Result<async_nats::Client, PublishError>
             async_nats::ConnectErrorKind::Tls => PublishError::Fatal(format!(
                 "TLS to NATS failed: {text} (check publisher.tlsCaFile, tlsCertFile/tlsKeyFile and that the server has TLS on)"
             )),
-            _ => PublishError::Transient(format!("cannot connect to NATS at {}: {text}", p.address)),
+            _ => PublishError::Transient(format!("cannot connect to NATS at {}: {text}", display_address(&p.address))),
         }
     })?;
     nats.connected(true);

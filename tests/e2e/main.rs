@@ -5,4 +5,6 @@
 mod support;
 
 mod cli;
+mod ops;
 mod pipeline;
+mod tls;

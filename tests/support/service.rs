@@ -16,6 +16,8 @@ pub struct Setup {
     pub extra: String,
     /// Extra YAML lines under `listener:` (indented by two spaces).
     pub listener_extra: String,
+    /// `listener.serverPort` (0 = no HTTP endpoint).
+    pub server_port: u16,
 }
 
 impl Setup {
@@ -26,14 +28,16 @@ impl Setup {
             topic: format!("cdc_{name}"),
             extra: String::new(),
             listener_extra: String::new(),
+            server_port: 0,
         }
     }
 
     pub fn yaml(&self, pg: &PgCluster, nats: &NatsServer) -> String {
         format!(
-            "listener:\n  slotName: {}\n  publication: {}\n  heartbeatInterval: 1s\n  serverPort: 0\n{}\ndatabase:\n  host: 127.0.0.1\n  port: {}\n  name: postgres\n  user: postgres\npublisher:\n  type: nats\n  address: {}\n  topic: {}\nlogger:\n  level: debug\n  fmt: text\n{}\n",
+            "listener:\n  slotName: {}\n  publication: {}\n  heartbeatInterval: 1s\n  serverHost: 127.0.0.1\n  serverPort: {}\n{}\ndatabase:\n  host: 127.0.0.1\n  port: {}\n  name: postgres\n  user: postgres\npublisher:\n  type: nats\n  address: {}\n  topic: {}\nlogger:\n  level: debug\n  fmt: text\n{}\n",
             self.slot,
             self.publication,
+            self.server_port,
             self.listener_extra,
             pg.port(),
             nats.url(),
@@ -48,17 +52,24 @@ pub struct Service {
     dir: tempfile::TempDir,
     child: Option<Child>,
     runs: usize,
+    env: Vec<(String, String)>,
 }
 
 impl Service {
     /// Write `yaml` as the config and start the binary.
     pub fn start(yaml: &str) -> Service {
+        Service::start_with_env(yaml, &[])
+    }
+
+    /// [`Service::start`] with extra environment variables (e.g. `WAL_*` overrides).
+    pub fn start_with_env(yaml: &str, env: &[(&str, &str)]) -> Service {
         let dir = tempfile::tempdir().expect("temp dir for the service");
         std::fs::write(dir.path().join("config.yml"), yaml).expect("write config");
         let mut service = Service {
             dir,
             child: None,
             runs: 0,
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         };
         service.start_again();
         service
@@ -92,6 +103,7 @@ impl Service {
             .arg("-c")
             .arg(self.config_path())
             .current_dir(self.dir.path())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log handle"))
             .stderr(log)

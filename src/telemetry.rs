@@ -18,8 +18,10 @@ pub fn init(logger: &Logger) {
     // Library chatter stays at warn unless asked for.
     let default = format!("warn,wal_listener={level}");
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    // Colours only on a terminal: a log file or a container log must stay plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let _ = match logger.fmt {
         LogFormat::Json => builder.json().with_current_span(false).try_init(),

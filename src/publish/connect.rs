@@ -9,6 +9,8 @@
 //! The client reconnects by itself after a connection loss; its events are logged (one line
 //! each) and reported to [`crate::health`], so `/ready` turns false while NATS is away.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_nats::{ConnectOptions, Event};
@@ -62,23 +64,12 @@ pub async fn client(config: &Config) -> Result<async_nats::Client, PublishError>
         options = options.add_client_certificate(config.resolve(cert), config.resolve(key));
     }
     let nats = health::nats_client();
-    options = options.event_callback(move |event| async move {
-        match event {
-            Event::Connected => {
-                nats.connected(true);
-                tracing::info!("NATS connection re-established");
-            }
-            Event::Disconnected => {
-                nats.connected(false);
-                tracing::warn!("NATS connection lost; reconnecting (publishing waits, nothing is confirmed meanwhile)");
-            }
-            Event::LameDuckMode => {
-                tracing::info!("NATS server entered lame duck mode; the client will move to another")
-            }
-            Event::ServerError(e) => tracing::warn!(error = %e, "NATS server error"),
-            Event::ClientError(e) => tracing::warn!(error = %e, "NATS client error"),
-            Event::Draining | Event::Closed | Event::SlowConsumer(_) => {}
-        }
+    // The first Connected event is the initial connection, logged below with the server's
+    // version; later ones are reconnections.
+    let reconnect = Arc::new(AtomicBool::new(false));
+    options = options.event_callback(move |event| {
+        let reconnect = Arc::clone(&reconnect);
+        async move { on_event(nats, &reconnect, event) }
     });
 
     let addresses: Vec<async_nats::ServerAddr> = p
@@ -111,6 +102,27 @@ pub async fn client(config: &Config) -> Result<async_nats::Client, PublishError>
         "connected to NATS"
     );
     Ok(client)
+}
+
+/// One line per connection event, and the connection state for `/ready`.
+fn on_event(nats: health::NatsHandle, reconnect: &AtomicBool, event: Event) {
+    match event {
+        Event::Connected => {
+            nats.connected(true);
+            if reconnect.swap(true, Ordering::Relaxed) {
+                tracing::info!("NATS connection re-established");
+            }
+        }
+        Event::Disconnected => {
+            nats.connected(false);
+            reconnect.store(true, Ordering::Relaxed);
+            tracing::warn!("NATS connection lost; reconnecting (publishing waits, nothing is confirmed meanwhile)");
+        }
+        Event::LameDuckMode => tracing::info!("NATS server entered lame duck mode; the client will move to another"),
+        Event::ServerError(e) => tracing::warn!(error = %e, "NATS server error"),
+        Event::ClientError(e) => tracing::warn!(error = %e, "NATS client error"),
+        Event::Draining | Event::Closed | Event::SlowConsumer(_) => {}
+    }
 }
 
 /// `publisher.address` fit for logs and `check`: credentials in URLs (`nats://user:pass@host`)

@@ -7,4 +7,5 @@ mod support;
 mod cli;
 mod ops;
 mod pipeline;
+mod quickstart;
 mod tls;

@@ -231,3 +231,28 @@ async fn check_connect_reports_a_good_setup_and_every_broken_part_with_its_fix()
     assert!(out.contains("error: publisher: cannot connect to NATS"), "{out}");
     assert!(!out.contains("pw-in-url"), "{out}");
 }
+
+#[test]
+fn the_docker_image_configuration_is_valid() {
+    // docker/config.yml becomes /app/config.yml in the image, docker-compose.yml points
+    // WAL_SCRIPTS_PATH at the mounted scripts; both must pass `check` (no engine needed).
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = Command::new(env!("CARGO_BIN_EXE_wal-listener"))
+        .args(["check", "-c", &format!("{root}/docker/config.yml")])
+        .env("WAL_SCRIPTS_PATH", format!("{root}/scripts/default.lua"))
+        .output()
+        .expect("run wal-listener check");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("ok: script default.lua compiles"), "{text}");
+    let dockerfile = std::fs::read_to_string(format!("{root}/Dockerfile")).expect("Dockerfile");
+    for needed in [
+        "COPY docker/config.yml /app/config.yml",
+        "COPY scripts /app/scripts",
+        "USER 10001",
+        "HEALTHCHECK",
+        "/healthz",
+    ] {
+        assert!(dockerfile.contains(needed), "Dockerfile lacks {needed:?}");
+    }
+}

@@ -99,6 +99,20 @@ async fn postgres_over_tls_with_scram_and_client_certificates() {
     assert!(blocking(|| service.terminate()).success(), "{}", service.log());
     assert!(!service.log().contains("s3cret"), "{}", service.log());
 
+    // prefer (the default) takes TLS when the server offers it, on both connections (this
+    // user may not connect without); require insists on it without verifying.
+    let db = "  host: 127.0.0.1\n  user: tls_user\n  password: s3cret-tls\n";
+    let mut service = streams_one_change(&pg, "prefer", &yaml(&pg, "prefer", db, &nats.url(), ""), &[], &client).await;
+    assert!(blocking(|| service.terminate()).success(), "{}", service.log());
+    let require = format!("{db}  sslMode: require\n");
+    let (code, out) = blocking(|| check(&yaml(&pg, "require", &require, &nats.url(), ""), &[]));
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("user tls_user, TLS on (database.sslMode require)"),
+        "{out}"
+    );
+    assert!(!out.contains("s3cret"), "{out}");
+
     // Certificate authentication, chain verified (verify-ca accepts the IP address).
     let db = format!(
         "  host: 127.0.0.1\n  user: cert_user\n  sslMode: verify-ca\n  sslRootCert: {}\n  sslCert: {}\n  sslKey: {}\n",
@@ -285,4 +299,103 @@ async fn nats_with_tls_client_certificates_and_each_auth_method() {
         "{out}"
     );
     assert!(!out.contains(&seed), "{out}");
+}
+
+/// A signed NATS JWT (`ed25519-nkey`) with `claims` (without `iss`/`sub`/`iat`/`jti`).
+fn jwt(signer: &nkeys::KeyPair, subject: &str, name: &str, nats: serde_json::Value) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let header = b64.encode(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+    let claims = serde_json::json!({
+        "jti": format!("{subject}-{name}"),
+        "iat": 1_700_000_000,
+        "iss": signer.public_key(),
+        "name": name,
+        "sub": subject,
+        "nats": nats,
+    });
+    let body = b64.encode(claims.to_string());
+    let signature = signer.sign(format!("{header}.{body}").as_bytes()).expect("sign");
+    format!("{header}.{body}.{}", b64.encode(signature))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_with_a_credentials_file() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // Decentralised auth: an operator trusts an account (with JetStream), which signs a user.
+    let operator = nkeys::KeyPair::new_operator();
+    let account = nkeys::KeyPair::new_account();
+    let system = nkeys::KeyPair::new_account(); // JetStream needs a system account
+    let user = nkeys::KeyPair::new_user();
+    let operator_jwt = jwt(
+        &operator,
+        &operator.public_key(),
+        "op",
+        serde_json::json!({"type": "operator", "version": 2}),
+    );
+    let unlimited = serde_json::json!({
+        "subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1, "wildcards": true,
+        "conn": -1, "leaf": -1, "mem_storage": -1, "disk_storage": -1, "streams": -1, "consumer": -1
+    });
+    let account_jwt = jwt(
+        &operator,
+        &account.public_key(),
+        "acc",
+        serde_json::json!({"limits": unlimited, "type": "account", "version": 2}),
+    );
+    let system_jwt = jwt(
+        &operator,
+        &system.public_key(),
+        "SYS",
+        serde_json::json!({"type": "account", "version": 2}),
+    );
+    let user_jwt = jwt(
+        &account,
+        &user.public_key(),
+        "wal",
+        serde_json::json!({"pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1, "type": "user", "version": 2}),
+    );
+    let conf = write(
+        dir.path(),
+        "operator.conf",
+        &format!(
+            "operator: {operator_jwt}\nsystem_account: {}\nresolver: MEMORY\nresolver_preload: {{\n  {}: {account_jwt}\n  {}: {system_jwt}\n}}\n",
+            system.public_key(),
+            account.public_key(),
+            system.public_key()
+        ),
+    );
+    let seed = user.seed().expect("seed");
+    let creds = write(
+        dir.path(),
+        "wal.creds",
+        &format!(
+            "-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n-----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n"
+        ),
+    );
+    let pg = blocking(PgCluster::start);
+    pg.psql("CREATE TABLE t (v text); CREATE PUBLICATION tlspub FOR ALL TABLES;");
+    let nats = blocking(|| NatsServer::start_with(&["-c", &conf]));
+    let client = async_nats::ConnectOptions::with_credentials_file(dir.path().join("wal.creds"))
+        .await
+        .expect("read creds")
+        .connect(nats.url())
+        .await
+        .expect("test client with a credentials file");
+    let publisher = format!("  credsFile: {creds}\n");
+    let trust_db = "  host: 127.0.0.1\n  user: postgres\n";
+    let mut service = streams_one_change(
+        &pg,
+        "natscreds",
+        &yaml(&pg, "natscreds", trust_db, &nats.url(), &publisher),
+        &[],
+        &client,
+    )
+    .await;
+    assert!(blocking(|| service.terminate()).success(), "{}", service.log());
+    assert!(!service.log().contains(&seed), "{}", service.log());
+    // Without the credentials the server refuses.
+    let (code, out) = blocking(|| check(&yaml(&pg, "nocreds", trust_db, &nats.url(), ""), &[]));
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("error: publisher: NATS refused the credentials"), "{out}");
 }

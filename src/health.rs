@@ -105,8 +105,8 @@ pub fn streaming() {
 /// A session failed with a transient error and will be retried (counted as a reconnect).
 pub fn reconnecting(cause: &str) {
     metrics::reconnect();
-    // A standby's failing attempts to take the slot keep it a standby.
-    if phase() == Phase::Standby && cause.contains("is active for PID") {
+    // A standby's failing attempts to take the slot (object_in_use) keep it a standby.
+    if phase() == Phase::Standby && (cause.contains("SQLSTATE 55006") || cause.contains("is active for PID")) {
         return;
     }
     set_reason(&format!("reconnecting: {cause}"));

@@ -393,12 +393,16 @@ mod tests {
             Some("published_events_total{app=\"wal-listener\",subject=\"unit.acked_subject\",table=\"acked_table\"} 1"),
             "{text}"
         );
-        // 250 ms old: not in the 0.128 s bucket's count… of this test alone; other tests may
-        // observe too, so only check that the histogram saw something.
-        assert!(
-            line(&text, "wal_listener_publish_latency_seconds_count ").is_some(),
-            "{text}"
-        );
+        // Only this test observes a latency: its 250 ms lands above the 0.128 s bucket.
+        let bucket = |le: &str| {
+            line(
+                &text,
+                &format!("wal_listener_publish_latency_seconds_bucket{{le=\"{le}\"}} "),
+            )
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|n| n.parse::<u64>().ok())
+        };
+        assert!(bucket("0.512") > bucket("0.128"), "{text}");
     }
 
     #[tokio::test]

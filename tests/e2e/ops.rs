@@ -5,7 +5,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::support::http::{get, sample};
-use crate::support::service::{Service, Setup, wait_streaming};
+use crate::support::service::{Service, Setup, check_connect, confirmed_flush, wait_streaming};
 use crate::support::{NatsServer, PgCluster, free_port, wait_for_sync, wait_until_sync};
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -75,7 +75,7 @@ async fn probes_and_metrics_follow_the_pipeline_through_a_nats_outage() {
     blocking(|| {
         wait_until_sync("confirmed LSN = the slot's, lag 0", DEADLINE, || {
             let text = metrics(port);
-            let slot = crate::support::service::confirmed_flush(&pg, &setup.slot) as f64;
+            let slot = confirmed_flush(&pg, &setup.slot) as f64;
             sample(&text, "wal_listener_confirmed_lsn") == Some(slot)
                 && slot > 0.0
                 && sample(&text, "wal_listener_replication_lag_bytes") == Some(0.0)
@@ -150,23 +150,6 @@ async fn a_standby_is_healthy_but_not_ready_until_it_takes_over() {
     blocking(|| second.terminate());
 }
 
-fn check(yaml: &str) -> (i32, String) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("config.yml");
-    std::fs::write(&path, yaml).expect("write config");
-    let out = Command::new(env!("CARGO_BIN_EXE_wal-listener"))
-        .args(["check", "--connect", "-c"])
-        .arg(&path)
-        .output()
-        .expect("run wal-listener check");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_connect_reports_a_good_setup_and_every_broken_part_with_its_fix() {
     let (mut pg, nats) = blocking(|| (PgCluster::start(), NatsServer::start()));
@@ -175,7 +158,7 @@ async fn check_connect_reports_a_good_setup_and_every_broken_part_with_its_fix()
         pg.port(),
         nats.url()
     );
-    let (code, out) = blocking(|| check(&good));
+    let (code, out) = blocking(|| check_connect(&good, &[]));
     assert_eq!(code, 0, "{out}");
     for expected in [
         "ok: database: PostgreSQL ",
@@ -205,7 +188,7 @@ async fn check_connect_reports_a_good_setup_and_every_broken_part_with_its_fix()
     let broken = good
         .replace("user: postgres", "user: plain")
         .replace("slotName: chk", "slotName: other_plugin");
-    let (code, out) = blocking(|| check(&broken));
+    let (code, out) = blocking(|| check_connect(&broken, &[]));
     assert_eq!(code, 1, "{out}");
     for expected in [
         "error: database: wal_level=replica; logical decoding needs wal_level=logical: ALTER SYSTEM SET wal_level = logical;",
@@ -222,7 +205,7 @@ async fn check_connect_reports_a_good_setup_and_every_broken_part_with_its_fix()
 
     // Nothing reachable: one error per end, each naming what it tried.
     let nowhere = "database:\n  host: 127.0.0.1\n  port: 1\npublisher:\n  address: nats://u:pw-in-url@127.0.0.1:1\n";
-    let (code, out) = blocking(|| check(nowhere));
+    let (code, out) = blocking(|| check_connect(nowhere, &[]));
     assert_eq!(code, 1, "{out}");
     assert!(
         out.contains("error: database: cannot connect to 127.0.0.1:1 as postgres"),

@@ -3,11 +3,10 @@
 //! and NKey. Secrets must never show up in logs or `check` output.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use crate::support::certs::TestCa;
-use crate::support::service::{Service, wait_streaming};
+use crate::support::service::{Service, check_connect, wait_streaming};
 use crate::support::{NatsServer, PgCluster, wait_for};
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -105,7 +104,7 @@ async fn postgres_over_tls_with_scram_and_client_certificates() {
     let mut service = streams_one_change(&pg, "prefer", &yaml(&pg, "prefer", db, &nats.url(), ""), &[], &client).await;
     assert!(blocking(|| service.terminate()).success(), "{}", service.log());
     let require = format!("{db}  sslMode: require\n");
-    let (code, out) = blocking(|| check(&yaml(&pg, "require", &require, &nats.url(), ""), &[]));
+    let (code, out) = blocking(|| check_connect(&yaml(&pg, "require", &require, &nats.url(), ""), &[]));
     assert_eq!(code, 0, "{out}");
     assert!(
         out.contains("user tls_user, TLS on (database.sslMode require)"),
@@ -159,25 +158,6 @@ async fn postgres_over_tls_with_scram_and_client_certificates() {
         last.starts_with("wal-listener: TLS to PostgreSQL failed") && last.contains("sslRootCert"),
         "{last}"
     );
-}
-
-/// `wal-listener check --connect` with `yaml` and extra environment: exit code and output.
-fn check(yaml: &str, env: &[(&str, &str)]) -> (i32, String) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("config.yml");
-    std::fs::write(&path, yaml).expect("write config");
-    let out = Command::new(env!("CARGO_BIN_EXE_wal-listener"))
-        .args(["check", "--connect", "-c"])
-        .arg(&path)
-        .envs(env.iter().copied())
-        .output()
-        .expect("run wal-listener check");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> String {
@@ -234,7 +214,7 @@ async fn nats_with_tls_client_certificates_and_each_auth_method() {
     assert!(blocking(|| service.terminate()).success(), "{}", service.log());
     // Without a client certificate the server refuses the TLS handshake.
     let no_cert = format!("  tlsCaFile: {}\n", ca_file.display());
-    let (code, out) = blocking(|| check(&yaml(&pg, "nocert", trust_db, &nats.url(), &no_cert), &[]));
+    let (code, out) = blocking(|| check_connect(&yaml(&pg, "nocert", trust_db, &nats.url(), &no_cert), &[]));
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("error: publisher: "), "{out}");
 
@@ -267,7 +247,7 @@ async fn nats_with_tls_client_certificates_and_each_auth_method() {
     // A token from the environment.
     let nats = blocking(|| NatsServer::start_with(&["--auth", "s3cret-token"]));
     let (code, out) = blocking(|| {
-        check(
+        check_connect(
             &yaml(&pg, "natstoken", trust_db, &nats.url(), ""),
             &[("WAL_PUBLISHER_TOKEN", "s3cret-token")],
         )
@@ -275,7 +255,7 @@ async fn nats_with_tls_client_certificates_and_each_auth_method() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("ok: publisher: NATS "), "{out}");
     assert!(!out.contains("s3cret"), "{out}");
-    let (code, out) = blocking(|| check(&yaml(&pg, "natstoken", trust_db, &nats.url(), ""), &[]));
+    let (code, out) = blocking(|| check_connect(&yaml(&pg, "natstoken", trust_db, &nats.url(), ""), &[]));
     assert_eq!(code, 1, "without the token: {out}");
 
     // An NKey seed file.
@@ -292,7 +272,7 @@ async fn nats_with_tls_client_certificates_and_each_auth_method() {
     let nats = blocking(|| NatsServer::start_with(&["-c", &conf]));
     let seed_file = write(dir.path(), "wal.nk", &format!("{seed}\n"));
     let publisher = format!("  nkeySeedFile: {seed_file}\n");
-    let (code, out) = blocking(|| check(&yaml(&pg, "natsnkey", trust_db, &nats.url(), &publisher), &[]));
+    let (code, out) = blocking(|| check_connect(&yaml(&pg, "natsnkey", trust_db, &nats.url(), &publisher), &[]));
     assert_eq!(code, 0, "{out}");
     assert!(
         out.contains("ok: publisher.topic: stream cdc_natsnkey does not exist"),
@@ -395,7 +375,7 @@ async fn nats_with_a_credentials_file() {
     assert!(blocking(|| service.terminate()).success(), "{}", service.log());
     assert!(!service.log().contains(&seed), "{}", service.log());
     // Without the credentials the server refuses.
-    let (code, out) = blocking(|| check(&yaml(&pg, "nocreds", trust_db, &nats.url(), ""), &[]));
+    let (code, out) = blocking(|| check_connect(&yaml(&pg, "nocreds", trust_db, &nats.url(), ""), &[]));
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("error: publisher: NATS refused the credentials"), "{out}");
 }

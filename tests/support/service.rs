@@ -199,3 +199,23 @@ pub fn parse_lsn(text: &str) -> u64 {
     let lo = u64::from_str_radix(lo, 16).unwrap_or_else(|_| panic!("not an LSN: {text:?}"));
     (hi << 32) | lo
 }
+
+/// `wal-listener check --connect` with `yaml` as its config and extra environment variables:
+/// the exit code and everything it printed.
+pub fn check_connect(yaml: &str, env: &[(&str, &str)]) -> (i32, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("config.yml");
+    std::fs::write(&path, yaml).expect("write config");
+    let out = Command::new(env!("CARGO_BIN_EXE_wal-listener"))
+        .args(["check", "--connect", "-c"])
+        .arg(&path)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run wal-listener check");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}

@@ -85,7 +85,8 @@ fn run(config: Config, warnings: &[String]) -> ExitCode {
     let result = rt.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn(watch_signals(shutdown.clone()));
-        http::start(&config, shutdown.clone())
+        // Served until the process exits, so /ready says 503 while SIGTERM drains.
+        http::start(&config, CancellationToken::new())
             .await
             .map_err(app::AppError::Fatal)?;
         app::run(config, shutdown).await

@@ -32,41 +32,45 @@ pub async fn connect(config: &Config) -> Result<tokio_postgres::Client, SourceEr
     if let Some(password) = &db.password {
         pg.password(password.expose());
     }
-    let client = match tls::connector(config)? {
-        None => {
-            let (client, connection) = pg
-                .ssl_mode(PgSslMode::Disable)
-                .connect(NoTls)
-                .await
-                .map_err(|e| classify(&e))?;
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::debug!(error = %e, "setup connection closed");
-                }
-            });
-            client
-        }
+    match tls::connector(config)? {
+        None => spawn_connection(pg.ssl_mode(PgSslMode::Disable), NoTls).await,
         Some(tls) => {
             let mode = match tls::effective_mode(db) {
                 SslMode::Prefer => PgSslMode::Prefer,
                 _ => PgSslMode::Require,
             };
-            let (client, connection) = pg.ssl_mode(mode).connect(tls).await.map_err(|e| classify(&e))?;
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::debug!(error = %e, "setup connection closed");
-                }
-            });
-            client
+            spawn_connection(pg.ssl_mode(mode), tls).await
         }
-    };
+    }
+}
+
+/// Connect and drive the connection in its own task (it ends when the client drops).
+async fn spawn_connection<T>(pg: &tokio_postgres::Config, tls: T) -> Result<tokio_postgres::Client, SourceError>
+where
+    T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>,
+    T::Stream: Send + 'static,
+{
+    let (client, connection) = pg.connect(tls).await.map_err(|e| classify(&e))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "setup connection closed");
+        }
+    });
     Ok(client)
 }
 
 /// Check the server, create what is missing, and return the slot's state.
 pub async fn prepare(config: &Config) -> Result<SlotState, SourceError> {
     let client = connect(config).await?;
-    let wal_level: String = query_one(&client, "SHOW wal_level", &[]).await?.get(0);
+    let server = query_one(
+        &client,
+        "SELECT current_setting('wal_level'), current_setting('server_version'),
+                coalesce((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), false)",
+        &[],
+    )
+    .await?;
+    let (wal_level, version, tls): (String, String, bool) = (server.get(0), server.get(1), server.get(2));
+    tracing::info!(%version, host = %config.database.host, tls, "connected to PostgreSQL");
     if wal_level != "logical" {
         return Err(SourceError::Fatal(format!(
             "PostgreSQL has wal_level={wal_level}; logical decoding needs wal_level=logical (set it in postgresql.conf or with ALTER SYSTEM SET wal_level = logical, then restart PostgreSQL)"

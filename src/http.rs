@@ -241,6 +241,17 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_empty_host_listens_on_every_interface() {
+        let listener = bind("", 0).await.expect("bind all interfaces");
+        let addr = listener.local_addr().expect("addr");
+        assert!(addr.ip().is_unspecified(), "{addr}");
+        // Reachable over IPv4 loopback either way (dual-stack [::] or 0.0.0.0).
+        tokio::net::TcpStream::connect(("127.0.0.1", addr.port()))
+            .await
+            .expect("connect over 127.0.0.1");
+    }
+
+    #[tokio::test]
     async fn a_taken_port_is_an_error_naming_the_key() {
         let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let mut config = Config::default();

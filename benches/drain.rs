@@ -182,6 +182,7 @@ fn clone_setup(s: &Setup) -> Setup {
         topic: s.topic.clone(),
         extra: s.extra.clone(),
         listener_extra: s.listener_extra.clone(),
+        server_port: s.server_port,
     }
 }
 

@@ -36,6 +36,7 @@ use crate::lsn::Lsn;
 use crate::publish::{self, OutMessage, PublishError, Sink};
 use crate::script::reload;
 use crate::source::{Frame, PgwireReplication, Replication, SourceError, setup};
+use crate::{health, metrics};
 
 /// Items buffered between the transform loop and the publisher.
 const CHANNEL: usize = 1024;
@@ -124,6 +125,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
                 }
                 tracing::warn!(error = %message, retry_in = ?backoff, "pipeline interrupted; reconnecting");
                 versions.mark_unchanged();
+                health::reconnecting(&message);
                 tokio::select! {
                     _ = shutdown.cancelled() => return Ok(()),
                     _ = tokio::time::sleep(backoff) => {}
@@ -144,12 +146,15 @@ async fn session(
 ) -> Result<(), SessionError> {
     let slot = setup::prepare(config).await?;
     if slot.active {
+        health::standby(&config.listener.slot_name);
         return Err(SessionError::Standby("the slot is active on another connection".into()));
     }
     let sink = Sink::connect(config).await?;
     let max_payload = sink.max_payload();
     let mut repl = PgwireReplication::start(config, slot.confirmed_flush).await?;
     tracing::info!(slot = %config.listener.slot_name, from = %slot.confirmed_flush, "streaming changes");
+    health::streaming();
+    metrics::confirmed(slot.confirmed_flush);
 
     let (tx, rx) = mpsc::channel(CHANNEL);
     let (flushed_tx, mut flushed_rx) = watch::channel(slot.confirmed_flush);
@@ -169,6 +174,7 @@ async fn session(
             done = &mut publisher => return Err(publisher_ended(done)),
             Ok(()) = flushed_rx.changed() => {
                 repl.confirm(*flushed_rx.borrow_and_update());
+                metrics::confirmed(*flushed_rx.borrow());
                 continue;
             }
             frame = repl.recv() => frame?,
@@ -198,6 +204,7 @@ async fn session(
     }
     let last = *flushed_rx.borrow_and_update();
     repl.confirm(last);
+    metrics::confirmed(last);
     repl.flush_confirmation(Duration::from_secs(5)).await;
     tracing::info!(confirmed = %last, "stopped");
     Ok(())
@@ -333,6 +340,7 @@ impl<'a> Transform<'a> {
             .map_err(|e| SessionError::Fatal(format!("replication stream out of protocol: {e}")))?;
         for bad in self.assembler.take_bad_values() {
             tracing::warn!(table = %bad.table, column = %bad.column, type_oid = bad.type_oid, "value does not parse as its type; published as text");
+            metrics::problem("value");
         }
         for item in std::mem::take(&mut self.events) {
             match item {
@@ -348,6 +356,9 @@ impl<'a> Transform<'a> {
             Ok(routed) => routed,
             Err(error) => return self.event_failed(&event, &error, out),
         };
+        if routed.is_empty() {
+            metrics::filtered(&event.table);
+        }
         let mut default_payload: Option<Bytes> = None;
         let mut messages = Vec::with_capacity(routed.len());
         for (index, message) in routed.into_iter().enumerate() {
@@ -382,6 +393,7 @@ impl<'a> Transform<'a> {
         out: &mut Vec<Outbound>,
     ) -> Result<(), SessionError> {
         let table = format!("{}.{}", event.schema, event.table);
+        metrics::script_error();
         match self.config.scripts.on_error {
             OnError::DeadLetter => {
                 if self.first_error(&table) {

@@ -43,6 +43,8 @@ pub struct Config {
 pub struct Listener {
     pub slot_name: String,
     pub publication: String,
+    /// Interface address for the HTTP endpoint; empty = all interfaces.
+    pub server_host: String,
     pub server_port: u16,
     #[serde(with = "duration_text")]
     pub heartbeat_interval: Duration,
@@ -55,6 +57,7 @@ impl Default for Listener {
         Listener {
             slot_name: "wal_listener".into(),
             publication: "wal-listener".into(),
+            server_host: String::new(),
             server_port: 8080,
             heartbeat_interval: Duration::from_secs(10),
             filter: Filter::default(),
@@ -83,8 +86,14 @@ pub struct Database {
     pub name: String,
     pub user: String,
     pub password: Option<Secret>,
+    /// File holding the password (a mounted secret); read at start.
+    pub password_file: Option<PathBuf>,
     pub ssl_mode: SslMode,
     pub ssl_root_cert: Option<PathBuf>,
+    /// Client certificate (PEM) for certificate authentication.
+    pub ssl_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    pub ssl_key: Option<PathBuf>,
 }
 
 impl Default for Database {
@@ -95,8 +104,11 @@ impl Default for Database {
             name: "postgres".into(),
             user: "postgres".into(),
             password: None,
+            password_file: None,
             ssl_mode: SslMode::Prefer,
             ssl_root_cert: None,
+            ssl_cert: None,
+            ssl_key: None,
         }
     }
 }
@@ -112,6 +124,19 @@ pub enum SslMode {
     VerifyFull,
 }
 
+impl SslMode {
+    /// libpq's name for the mode.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+}
+
 /// `publisher.*`: where events go.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
@@ -125,7 +150,12 @@ pub struct Publisher {
     pub nkey_seed_file: Option<PathBuf>,
     pub user: Option<String>,
     pub password: Option<Secret>,
+    pub password_file: Option<PathBuf>,
     pub token: Option<Secret>,
+    pub token_file: Option<PathBuf>,
+    /// Require TLS to NATS (the Go version's key); implied by `tlsCaFile` or a `tls://` URL.
+    #[serde(rename = "enableTLS")]
+    pub enable_tls: bool,
     pub tls_ca_file: Option<PathBuf>,
     pub tls_cert_file: Option<PathBuf>,
     pub tls_key_file: Option<PathBuf>,
@@ -150,7 +180,10 @@ impl Default for Publisher {
             nkey_seed_file: None,
             user: None,
             password: None,
+            password_file: None,
             token: None,
+            token_file: None,
+            enable_tls: false,
             tls_ca_file: None,
             tls_cert_file: None,
             tls_key_file: None,
@@ -350,8 +383,31 @@ impl Config {
         let mut config: Config =
             serde_yaml_ng::from_value(Value::Mapping(tree)).map_err(|e| invalid(format!("{e}")))?;
         config.base_dir = base_dir;
+        config.read_secret_files()?;
         config.validate()?;
         Ok((config, warnings))
+    }
+
+    /// Fill `password`/`token` from their `…File` keys (mounted secrets). The file's content
+    /// minus a trailing line break is the secret; it never appears in an error.
+    fn read_secret_files(&mut self) -> Result<(), ConfigError> {
+        let base = self.base_dir.clone();
+        let db = &mut self.database;
+        read_secret(
+            &base,
+            "database.password",
+            &mut db.password,
+            db.password_file.as_deref(),
+        )?;
+        let p = &mut self.publisher;
+        read_secret(&base, "publisher.password", &mut p.password, p.password_file.as_deref())?;
+        read_secret(&base, "publisher.token", &mut p.token, p.token_file.as_deref())?;
+        Ok(())
+    }
+
+    /// A path from the config resolved against the config file's directory.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        self.base_dir.join(path)
     }
 
     /// Cross-field checks that the schema cannot express.
@@ -425,6 +481,43 @@ impl Config {
                 }
             }
         }
+        if self.database.ssl_mode == SslMode::VerifyFull && self.database.host.parse::<std::net::IpAddr>().is_ok() {
+            return Err(invalid(format!(
+                "database.sslMode verify-full checks the host name, but database.host {} is an IP address: use the DNS name the certificate was issued for, or sslMode verify-ca",
+                self.database.host
+            )));
+        }
+        if self.database.ssl_cert.is_some() != self.database.ssl_key.is_some() {
+            return Err(invalid(
+                "database.sslCert and database.sslKey go together: give both (client certificate and its key) or neither",
+            ));
+        }
+        let p = &self.publisher;
+        if p.tls_cert_file.is_some() != p.tls_key_file.is_some() {
+            return Err(invalid(
+                "publisher.tlsCertFile and publisher.tlsKeyFile go together: give both (client certificate and its key) or neither",
+            ));
+        }
+        if p.user.is_some() != p.password.is_some() {
+            return Err(invalid(
+                "publisher.user and publisher.password go together: give both or neither",
+            ));
+        }
+        let methods: Vec<&str> = [
+            (p.user.is_some(), "user/password"),
+            (p.token.is_some(), "token"),
+            (p.nkey_seed_file.is_some(), "nkeySeedFile"),
+            (p.creds_file.is_some(), "credsFile"),
+        ]
+        .into_iter()
+        .filter_map(|(set, name)| set.then_some(name))
+        .collect();
+        if methods.len() > 1 {
+            return Err(invalid(format!(
+                "publisher: choose one NATS authentication method, not {}",
+                methods.join(" and ")
+            )));
+        }
         if self.scripts.instruction_limit < 1000 {
             return Err(invalid("scripts.instructionLimit must be at least 1000"));
         }
@@ -446,6 +539,21 @@ impl Config {
             .clone()
             .unwrap_or_else(|| format!("{}.dead_letter", self.publisher.topic))
     }
+}
+
+fn read_secret(base: &Path, key: &str, value: &mut Option<Secret>, file: Option<&Path>) -> Result<(), ConfigError> {
+    let Some(file) = file else { return Ok(()) };
+    if value.is_some() {
+        return Err(invalid(format!("{key} and {key}File are both set: keep one")));
+    }
+    let text = std::fs::read_to_string(base.join(file))
+        .map_err(|e| invalid(format!("{key}File: cannot read {}: {e}", file.display())))?;
+    let secret = text.trim_end_matches(['\r', '\n']);
+    if secret.is_empty() {
+        return Err(invalid(format!("{key}File {} is empty", file.display())));
+    }
+    *value = Some(Secret(secret.to_string()));
+    Ok(())
 }
 
 fn is_subject_token_byte(b: u8) -> bool {
@@ -471,6 +579,8 @@ enum Kind {
     StrList,
     /// A Go wal-listener key that does not apply here: accepted with a warning.
     Ignored(&'static str),
+    /// Another spelling of the named sibling key (a Go wal-listener name).
+    Alias(&'static str),
 }
 
 use Kind::*;
@@ -481,6 +591,7 @@ const SCHEMA: &[(&str, Kind)] = &[
         Section(&[
             ("slotName", Str),
             ("publication", Str),
+            ("serverHost", Str),
             ("serverPort", Int),
             ("heartbeatInterval", Duration),
             ("filter", Section(&[("tables", ListMap), ("messages", StrList)])),
@@ -503,8 +614,11 @@ const SCHEMA: &[(&str, Kind)] = &[
             ("name", Str),
             ("user", Str),
             ("password", Str),
+            ("passwordFile", Str),
             ("sslMode", Str),
             ("sslRootCert", Str),
+            ("sslCert", Str),
+            ("sslKey", Str),
             ("debug", Ignored("use logger.level: debug")),
         ]),
     ),
@@ -519,29 +633,20 @@ const SCHEMA: &[(&str, Kind)] = &[
             ("nkeySeedFile", Str),
             ("user", Str),
             ("password", Str),
+            ("passwordFile", Str),
             ("token", Str),
+            ("tokenFile", Str),
             ("tlsCaFile", Str),
             ("tlsCertFile", Str),
             ("tlsKeyFile", Str),
             ("duplicateWindow", Duration),
             ("maxInFlight", Int),
             ("confirmStdout", Bool),
-            (
-                "enableTLS",
-                Ignored("it is a Kafka option; for NATS set tlsCaFile/tlsCertFile/tlsKeyFile"),
-            ),
-            (
-                "clientCert",
-                Ignored("it is a Kafka option; for NATS use publisher.tlsCertFile"),
-            ),
-            (
-                "clientKey",
-                Ignored("it is a Kafka option; for NATS use publisher.tlsKeyFile"),
-            ),
-            (
-                "caCert",
-                Ignored("it is a Kafka option; for NATS use publisher.tlsCaFile"),
-            ),
+            // The Go version's TLS keys (used there for Kafka) mean the same for NATS here.
+            ("enableTLS", Bool),
+            ("caCert", Alias("tlsCaFile")),
+            ("clientCert", Alias("tlsCertFile")),
+            ("clientKey", Alias("tlsKeyFile")),
             ("pubSubProjectId", Ignored("only NATS is supported")),
         ]),
     ),
@@ -606,13 +711,20 @@ fn normalize_section(
                 .unwrap_or_default();
             let known: Vec<&str> = schema
                 .iter()
-                .filter(|(_, k)| !matches!(k, Ignored(_)))
+                .filter(|(_, k)| !matches!(k, Ignored(_) | Alias(_)))
                 .map(|(k, _)| *k)
                 .collect();
             return Err(invalid(format!(
                 "unknown key {path}{hint}; known keys here: {}",
                 known.join(", ")
             )));
+        };
+        let (canonical, kind) = match kind {
+            Alias(target) => match schema.iter().find(|(k, _)| k == target) {
+                Some((k, target_kind)) => (k, target_kind),
+                None => (canonical, kind),
+            },
+            _ => (canonical, kind),
         };
         let path = join(prefix, canonical);
         if let Ignored(why) = kind {
@@ -622,7 +734,9 @@ fn normalize_section(
             continue;
         }
         if out.contains_key(*canonical) {
-            return Err(invalid(format!("{path} is given twice (keys are case-insensitive)")));
+            return Err(invalid(format!(
+                "{path} is given twice (keys are case-insensitive; caCert, clientCert and clientKey are other names for tlsCaFile, tlsCertFile and tlsKeyFile)"
+            )));
         }
         let value = check_value(value, *kind, &path, warnings)?;
         out.insert(Value::String((*canonical).to_string()), value);
@@ -702,7 +816,7 @@ fn check_value(value: Value, kind: Kind, path: &str, warnings: &mut Warnings) ->
         )),
         (StrList, Value::Null) => Ok(Value::Null),
         (StrList, other) => Err(type_error(path, "a list such as [outbox, audit]", &other)),
-        (Ignored(_), v) => Ok(v),
+        (Ignored(_) | Alias(_), v) => Ok(v),
     }
 }
 
@@ -747,9 +861,20 @@ fn leaf_keys() -> Vec<(String, Kind)> {
 /// shared with other software), except near-misses, which are reported.
 fn apply_env(tree: &mut Mapping, name: &str, raw: &str) -> Result<(), ConfigError> {
     let leaves = leaf_keys();
-    let Some((path, kind)) = leaves.iter().find(|(path, _)| env_name(path) == name) else {
+    let Some((mut path, mut kind)) = leaves.iter().find(|(path, _)| env_name(path) == name).cloned() else {
         return Ok(());
     };
+    if let Alias(target) = kind {
+        let canonical = match path.rsplit_once('.') {
+            Some((parent, _)) => join(parent, target),
+            None => target.to_string(),
+        };
+        match leaves.iter().find(|(p, _)| *p == canonical) {
+            Some((p, k)) => (path, kind) = (p.clone(), *k),
+            None => return Ok(()),
+        }
+    }
+    let kind = &kind;
     let value = match kind {
         Str => Value::String(raw.to_string()),
         Int => parse_int(raw, name)?,
@@ -775,7 +900,7 @@ fn apply_env(tree: &mut Mapping, name: &str, raw: &str) -> Result<(), ConfigErro
                 .map_err(|e| invalid(format!("{name} must hold a YAML or JSON mapping: {e}")))?;
             check_value(parsed, *kind, name, &mut Vec::new())?
         }
-        Section(_) | Ignored(_) => return Ok(()),
+        Section(_) | Ignored(_) | Alias(_) => return Ok(()),
     };
     let mut parts: Vec<&str> = path.split('.').collect();
     let Some(leaf) = parts.pop() else { return Ok(()) };

@@ -210,3 +210,60 @@ fn message_filter_distinguishes_absent_empty_and_listed() {
     let (c, _) = load_env("", &[("WAL_LISTENER_FILTER_MESSAGES", "[outbox]")]).expect("loads");
     assert_eq!(c.listener.filter.messages, Some(vec!["outbox".into()]));
 }
+
+#[test]
+fn go_tls_keys_configure_nats_tls() {
+    let yaml = "publisher:\n  enableTLS: true\n  caCert: ca.pem\n  clientCert: c.pem\n  clientKey: k.pem\n";
+    let (c, w) = load(yaml).expect("Go TLS keys");
+    assert!(w.is_empty(), "{w:?}");
+    assert!(c.publisher.enable_tls);
+    assert_eq!(c.publisher.tls_ca_file, Some(PathBuf::from("ca.pem")));
+    assert_eq!(c.publisher.tls_cert_file, Some(PathBuf::from("c.pem")));
+    assert_eq!(c.publisher.tls_key_file, Some(PathBuf::from("k.pem")));
+    // The environment knows the Go names too.
+    let (c, _) = load_env("", &[("WAL_PUBLISHER_CACERT", "/etc/ca.pem")]).expect("env alias");
+    assert_eq!(c.publisher.tls_ca_file, Some(PathBuf::from("/etc/ca.pem")));
+    assert!(err("publisher:\n  caCert: a.pem\n  tlsCaFile: b.pem\n").contains("publisher.tlsCaFile is given twice"));
+}
+
+#[test]
+fn secrets_come_from_files_and_never_appear_in_errors() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("pg"), "s3cret-pg\n").expect("write");
+    std::fs::write(dir.path().join("token"), "s3cret-token").expect("write");
+    let yaml = "database:\n  passwordFile: pg\npublisher:\n  tokenFile: token\n";
+    let (c, _) = Config::from_yaml(yaml, &[], dir.path().to_path_buf()).expect("secret files");
+    assert_eq!(c.database.password.as_ref().map(Secret::expose), Some("s3cret-pg"));
+    assert_eq!(c.publisher.token.as_ref().map(Secret::expose), Some("s3cret-token"));
+    assert!(!format!("{c:?}").contains("s3cret"), "Debug shows no secret");
+
+    let both = "database:\n  password: x\n  passwordFile: pg\n";
+    let e = Config::from_yaml(both, &[], dir.path().to_path_buf()).expect_err("both");
+    assert!(
+        e.to_string()
+            .contains("database.password and database.passwordFile are both set"),
+        "{e}"
+    );
+    let missing = "publisher:\n  passwordFile: nope\n  user: u\n";
+    let e = Config::from_yaml(missing, &[], dir.path().to_path_buf()).expect_err("missing file");
+    assert!(
+        e.to_string().contains("publisher.passwordFile: cannot read nope"),
+        "{e}"
+    );
+}
+
+#[test]
+fn tls_and_auth_settings_that_cannot_work_are_refused() {
+    assert!(err("database:\n  sslCert: c.pem\n").contains("database.sslCert and database.sslKey go together"));
+    assert!(err("publisher:\n  tlsKeyFile: k.pem\n").contains("publisher.tlsCertFile and publisher.tlsKeyFile"));
+    assert!(err("publisher:\n  user: u\n").contains("publisher.user and publisher.password go together"));
+    assert!(
+        err("publisher:\n  token: t\n  user: u\n  password: p\n")
+            .contains("choose one NATS authentication method, not user/password and token")
+    );
+    assert!(err("database:\n  host: 10.0.0.1\n  sslMode: verify-full\n").contains("verify-full checks the host name"));
+    let (c, _) = load("database:\n  host: db.example\n  sslMode: verify-full\nlistener:\n  serverHost: 127.0.0.1\n")
+        .expect("valid");
+    assert_eq!(c.database.ssl_mode, SslMode::VerifyFull);
+    assert_eq!(c.listener.server_host, "127.0.0.1");
+}

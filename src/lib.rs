@@ -23,14 +23,20 @@
 //! bytes → messages), [`event`] (messages → [`event::ChangeEvent`]s), [`script`] (Lua routing),
 //! [`publish`] (NATS), [`ack`] (ordered acknowledgements), wired together by [`app`]; [`catalog`]
 //! reads `pg_type` so that domains, arrays and user types map like their base types.
+//! Operations: [`health`] and [`metrics`] collect what [`http`] serves (`/healthz`, `/ready`,
+//! `/metrics`); [`telemetry`] sets up logging.
 
 pub mod ack;
 pub mod app;
 pub mod catalog;
+pub mod check;
 pub mod config;
 pub mod decode;
 pub mod event;
+pub mod health;
+pub mod http;
 pub mod lsn;
+pub mod metrics;
 pub mod publish;
 pub mod script;
 pub mod source;

@@ -15,7 +15,7 @@ use wal_listener::config::Config;
 use wal_listener::event::{self, ChangeEvent};
 use wal_listener::publish;
 use wal_listener::script::Router;
-use wal_listener::{app, telemetry};
+use wal_listener::{app, check, health, http, telemetry};
 
 #[derive(Parser)]
 #[command(
@@ -74,15 +74,7 @@ fn run(config: Config, warnings: &[String]) -> ExitCode {
     for warning in warnings {
         tracing::warn!("{warning}");
     }
-    tracing::info!(
-        version = env!("CARGO_PKG_VERSION"),
-        slot = %config.listener.slot_name,
-        publication = %config.listener.publication,
-        database = %format!("{}@{}:{}/{}", config.database.user, config.database.host, config.database.port, config.database.name),
-        nats = %config.publisher.address,
-        topic = %config.publisher.topic,
-        "starting wal-listener"
-    );
+    telemetry::log_start(&config);
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => {
@@ -93,6 +85,10 @@ fn run(config: Config, warnings: &[String]) -> ExitCode {
     let result = rt.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn(watch_signals(shutdown.clone()));
+        // Served until the process exits, so /ready says 503 while SIGTERM drains.
+        http::start(&config, CancellationToken::new())
+            .await
+            .map_err(app::AppError::Fatal)?;
         app::run(config, shutdown).await
     });
     match result {
@@ -116,6 +112,7 @@ async fn watch_signals(shutdown: CancellationToken) {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),
     }
+    health::stopping();
     shutdown.cancel();
 }
 
@@ -167,40 +164,11 @@ fn check(config: &Config, warnings: &[String], connect: bool) -> ExitCode {
 }
 
 async fn check_connections(config: &Config) -> bool {
-    let mut ok = true;
-    match wal_listener::source::setup::connect(config).await {
-        Ok(client) => match client.query_one("SHOW wal_level", &[]).await {
-            Ok(row) if row.get::<_, String>(0) == "logical" => {
-                println!("ok: database: PostgreSQL reachable, wal_level=logical")
-            }
-            Ok(row) => {
-                println!(
-                    "error: database: wal_level={}, logical decoding needs wal_level=logical (ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL)",
-                    row.get::<_, String>(0)
-                );
-                ok = false;
-            }
-            Err(e) => {
-                println!("error: database: {e}");
-                ok = false;
-            }
-        },
-        Err(e) => {
-            println!("error: database: {e}");
-            ok = false;
-        }
+    let report = check::connections(config).await;
+    for line in report.lines() {
+        println!("{line}");
     }
-    match publish::Sink::connect(config).await {
-        Ok(_) => println!(
-            "ok: publisher: NATS reachable at {}, stream {} captures {}.>",
-            config.publisher.address, config.publisher.topic, config.publisher.topic
-        ),
-        Err(e) => {
-            println!("error: publisher: {e}");
-            ok = false;
-        }
-    }
-    ok
+    report.passed()
 }
 
 fn route(config: &Config, source: &str) -> ExitCode {

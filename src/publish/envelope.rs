@@ -16,6 +16,8 @@ pub struct OutMessage {
     pub subject: String,
     pub headers: HeaderMap,
     pub payload: Bytes,
+    /// The change's commit time (µs since 2000-01-01 UTC), for the commit → ack latency metric.
+    pub commit_time: i64,
 }
 
 /// Build the message for the `index`-th output (from 0) a script produced for `event`.
@@ -44,6 +46,7 @@ pub fn envelope(event: &ChangeEvent, routed: Routed, index: usize, default_paylo
         subject: routed.subject,
         headers,
         payload,
+        commit_time: event.commit_time,
     }
 }
 
@@ -58,6 +61,7 @@ pub fn dead_letter(event: &ChangeEvent, subject: &str, error: &str) -> OutMessag
         subject: subject.to_string(),
         headers,
         payload: Bytes::from(json::payload(event)),
+        commit_time: event.commit_time,
     }
 }
 

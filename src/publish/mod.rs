@@ -8,6 +8,7 @@
 //! Message envelopes — subject, headers and payload built from an event and a script's
 //! [`Routed`] output — are made by [`envelope`] and [`dead_letter`].
 
+mod connect;
 mod envelope;
 mod stream;
 
@@ -16,7 +17,9 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 
 use crate::config::{Config, PublisherKind};
+use crate::metrics;
 
+pub use connect::{client, display_address};
 pub use envelope::{OutMessage, dead_letter, envelope};
 pub use stream::subject_covers;
 
@@ -54,59 +57,17 @@ pub enum Sink {
     Stdout,
 }
 
-/// Becomes `true` when the NATS connection drops.
-type Lost = tokio::sync::watch::Receiver<bool>;
+use connect::Lost;
 
 impl Sink {
     /// Connect (and for JetStream, check or create the stream).
     pub async fn connect(config: &Config) -> Result<Sink, PublishError> {
         let p = &config.publisher;
         if p.kind == PublisherKind::Stdout {
+            crate::health::nats_client().connected(true);
             return Ok(Sink::Stdout);
         }
-        let addresses: Vec<async_nats::ServerAddr> = p
-            .address
-            .split(',')
-            .map(|a| a.trim().parse::<async_nats::ServerAddr>())
-            .collect::<Result<_, _>>()
-            .map_err(|e| PublishError::Fatal(format!("publisher.address {:?}: {e}", p.address)))?;
-        // One address at a time, never reconnecting: if a connection drops, messages the
-        // client still buffers must not reach a server after one that was lost with the old
-        // connection, or the stream's order would break. The session ends instead and replays
-        // from the last confirmed LSN (JetStream drops what it already has).
-        let (lost_tx, lost) = tokio::sync::watch::channel(false);
-        let lost_tx = std::sync::Arc::new(lost_tx);
-        let mut last_error = None;
-        let mut connected = None;
-        for address in addresses {
-            let options = connect_options(config, lost_tx.clone()).await?;
-            match options.connect(address).await {
-                Ok(client) => {
-                    connected = Some(client);
-                    break;
-                }
-                Err(e) => {
-                    let text = e.to_string();
-                    if matches!(
-                        e.kind(),
-                        async_nats::ConnectErrorKind::AuthorizationViolation
-                            | async_nats::ConnectErrorKind::Authentication
-                    ) {
-                        return Err(PublishError::Fatal(format!(
-                            "NATS refused the credentials: {text} (check publisher.user/password/token/credsFile)"
-                        )));
-                    }
-                    last_error = Some(text);
-                }
-            }
-        }
-        let Some(client) = connected else {
-            return Err(PublishError::Transient(format!(
-                "cannot connect to NATS at {}: {}",
-                p.address,
-                last_error.unwrap_or_default()
-            )));
-        };
+        let (client, lost) = connect::client(config).await?;
         if p.kind == PublisherKind::NatsCore {
             return Ok(Sink::Core { client, lost });
         }
@@ -137,7 +98,15 @@ impl Sink {
     }
 
     /// Hand one message to the server; the returned future resolves when it is stored.
+    /// Counted in the metrics (in flight, published, commit → ack latency).
     pub async fn send(&self, msg: OutMessage) -> Result<AckFuture, PublishError> {
+        let table = msg.headers.get("Wal-Table").map(|v| v.as_str()).unwrap_or_default();
+        let tracked = metrics::Publishing::start(&msg.subject, table, msg.commit_time);
+        let ack = self.send_untracked(msg).await?;
+        Ok(Box::pin(tracked.track(ack)))
+    }
+
+    async fn send_untracked(&self, msg: OutMessage) -> Result<AckFuture, PublishError> {
         match self {
             Sink::JetStream { js, .. } => {
                 let publish = async_nats::jetstream::message::PublishMessage::build()
@@ -184,54 +153,6 @@ impl Sink {
             Sink::Stdout => Ok(()),
         }
     }
-}
-
-/// Client options for one connection attempt: no reconnects (see [`Sink::connect`]),
-/// authentication and TLS from the config, and a callback that reports a lost connection.
-async fn connect_options(
-    config: &Config,
-    lost: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
-) -> Result<async_nats::ConnectOptions, PublishError> {
-    let p = &config.publisher;
-    let mut options = async_nats::ConnectOptions::new()
-        .name("wal-listener")
-        .connection_timeout(Duration::from_secs(10))
-        // 1 = the initial connection only (0 would mean "unlimited").
-        .max_reconnects(1)
-        .event_callback(move |event| {
-            let lost = lost.clone();
-            async move {
-                if matches!(event, async_nats::Event::Disconnected | async_nats::Event::Closed) {
-                    lost.send_replace(true);
-                }
-            }
-        });
-    if let Some(path) = &p.creds_file {
-        options = options
-            .credentials_file(config.base_dir.join(path))
-            .await
-            .map_err(|e| PublishError::Fatal(format!("publisher.credsFile {}: {e}", path.display())))?;
-    }
-    if let Some(path) = &p.nkey_seed_file {
-        let seed = std::fs::read_to_string(config.base_dir.join(path))
-            .map_err(|e| PublishError::Fatal(format!("publisher.nkeySeedFile {}: {e}", path.display())))?;
-        options = options.nkey(seed.trim().to_string());
-    }
-    if let (Some(user), Some(password)) = (&p.user, &p.password) {
-        options = options.user_and_password(user.clone(), password.expose().to_string());
-    }
-    if let Some(token) = &p.token {
-        options = options.token(token.expose().to_string());
-    }
-    if let Some(ca) = &p.tls_ca_file {
-        options = options
-            .add_root_certificates(config.base_dir.join(ca))
-            .require_tls(true);
-    }
-    if let (Some(cert), Some(key)) = (&p.tls_cert_file, &p.tls_key_file) {
-        options = options.add_client_certificate(config.base_dir.join(cert), config.base_dir.join(key));
-    }
-    Ok(options)
 }
 
 fn publish_error(e: async_nats::jetstream::context::PublishError) -> PublishError {

@@ -134,11 +134,18 @@ pub async fn run(
                 let number = versions.borrow().number + 1;
                 match built {
                     Ok(Ok(router)) => {
+                        crate::metrics::script_reload(true);
                         tracing::info!(script = %router.name(), version = number, "script reloaded; it takes effect at the next transaction");
                         versions.send_replace(Arc::new(Version { router, number }));
                     }
-                    Ok(Err(e)) => tracing::error!(error = %e, "script reload rejected; the previous version keeps running"),
-                    Err(e) => tracing::error!(error = %e, "script reload failed; the previous version keeps running"),
+                    Ok(Err(e)) => {
+                        crate::metrics::script_reload(false);
+                        tracing::error!(error = %e, "script reload rejected; the previous version keeps running");
+                    }
+                    Err(e) => {
+                        crate::metrics::script_reload(false);
+                        tracing::error!(error = %e, "script reload failed; the previous version keeps running");
+                    }
                 }
             }
         }

@@ -17,6 +17,7 @@
 
 mod pgwire;
 pub mod setup;
+pub mod tls;
 
 use bytes::Bytes;
 

@@ -11,6 +11,7 @@ use pgwire_replication::{ReplicationClient, ReplicationConfig, ReplicationEvent,
 use crate::config::{self, Config, SslMode};
 use crate::decode::{self, Begin, Commit, LogicalMessage, Message};
 use crate::lsn::Lsn;
+use crate::metrics;
 
 use super::{Frame, Replication, SESSION_OPTIONS, SourceError};
 
@@ -60,17 +61,25 @@ impl PgwireReplication {
     }
 }
 
+/// The same policy as the SQL connection's ([`super::tls`]): libpq's sslmode semantics,
+/// `require` with a root certificate verifies like `verify-ca`.
 fn tls_config(config: &Config) -> Result<TlsConfig, SourceError> {
     let db = &config.database;
-    Ok(match db.ssl_mode {
-        SslMode::Disable => TlsConfig::disabled(),
-        // The replication crate has no "try TLS, fall back to plain" mode; prefer behaves like
-        // disable on the replication connection. Choose require or stronger to insist on TLS.
-        SslMode::Prefer => TlsConfig::disabled(),
+    let root = db.ssl_root_cert.as_deref().map(|p| config.resolve(p));
+    let mut tls = match super::tls::effective_mode(db) {
+        SslMode::Disable => return Ok(TlsConfig::disabled()),
+        SslMode::Prefer => TlsConfig {
+            mode: pgwire_replication::config::SslMode::Prefer,
+            ..TlsConfig::disabled()
+        },
         SslMode::Require => TlsConfig::require(),
-        SslMode::VerifyCa => TlsConfig::verify_ca(db.ssl_root_cert.clone()),
-        SslMode::VerifyFull => TlsConfig::verify_full(db.ssl_root_cert.clone()),
-    })
+        SslMode::VerifyCa => TlsConfig::verify_ca(root),
+        SslMode::VerifyFull => TlsConfig::verify_full(root),
+    };
+    if let (Some(cert), Some(key)) = (&db.ssl_cert, &db.ssl_key) {
+        tls = tls.with_client_cert(config.resolve(cert), config.resolve(key));
+    }
+    Ok(tls)
 }
 
 /// Sort the crate's errors into retry-or-stop.
@@ -111,8 +120,14 @@ impl Replication for PgwireReplication {
             Err(e) => return Err(classify(e)),
         };
         Ok(Some(match event {
-            ReplicationEvent::XLogData { data, .. } => Frame::Data(data),
-            ReplicationEvent::KeepAlive { wal_end, .. } => Frame::KeepAlive(Lsn(wal_end.0)),
+            ReplicationEvent::XLogData { data, wal_end, .. } => {
+                metrics::server_wal_end(Lsn(wal_end.0));
+                Frame::Data(data)
+            }
+            ReplicationEvent::KeepAlive { wal_end, .. } => {
+                metrics::server_wal_end(Lsn(wal_end.0));
+                Frame::KeepAlive(Lsn(wal_end.0))
+            }
             ReplicationEvent::Begin {
                 final_lsn,
                 xid,

@@ -2,11 +2,12 @@
 //! and the pgoutput slot if they are missing, and read where the slot stands.
 
 use tokio_postgres::NoTls;
+use tokio_postgres::config::SslMode as PgSslMode;
 
 use crate::config::{Config, SslMode};
 use crate::lsn::Lsn;
 
-use super::SourceError;
+use super::{SourceError, tls};
 
 /// Where the slot stands before streaming starts.
 #[derive(Debug, Clone)]
@@ -21,12 +22,6 @@ pub struct SlotState {
 /// Connect with tokio-postgres (used for setup only; the connection ends when the client drops).
 pub async fn connect(config: &Config) -> Result<tokio_postgres::Client, SourceError> {
     let db = &config.database;
-    if matches!(db.ssl_mode, SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull) {
-        return Err(SourceError::Fatal(format!(
-            "database.sslMode {:?} is not supported for the SQL connection yet; use disable or prefer",
-            db.ssl_mode
-        )));
-    }
     let mut pg = tokio_postgres::Config::new();
     pg.host(&db.host)
         .port(db.port)
@@ -37,7 +32,25 @@ pub async fn connect(config: &Config) -> Result<tokio_postgres::Client, SourceEr
     if let Some(password) = &db.password {
         pg.password(password.expose());
     }
-    let (client, connection) = pg.connect(NoTls).await.map_err(|e| classify(&e))?;
+    match tls::connector(config)? {
+        None => spawn_connection(pg.ssl_mode(PgSslMode::Disable), NoTls).await,
+        Some(tls) => {
+            let mode = match tls::effective_mode(db) {
+                SslMode::Prefer => PgSslMode::Prefer,
+                _ => PgSslMode::Require,
+            };
+            spawn_connection(pg.ssl_mode(mode), tls).await
+        }
+    }
+}
+
+/// Connect and drive the connection in its own task (it ends when the client drops).
+async fn spawn_connection<T>(pg: &tokio_postgres::Config, tls: T) -> Result<tokio_postgres::Client, SourceError>
+where
+    T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>,
+    T::Stream: Send + 'static,
+{
+    let (client, connection) = pg.connect(tls).await.map_err(|e| classify(&e))?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "setup connection closed");
@@ -49,7 +62,24 @@ pub async fn connect(config: &Config) -> Result<tokio_postgres::Client, SourceEr
 /// Check the server, create what is missing, and return the slot's state.
 pub async fn prepare(config: &Config) -> Result<SlotState, SourceError> {
     let client = connect(config).await?;
-    let wal_level: String = query_one(&client, "SHOW wal_level", &[]).await?.get(0);
+    let server = query_one(
+        &client,
+        "SELECT current_setting('wal_level'), current_setting('server_version'),
+                coalesce((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), false),
+                CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END",
+        &[],
+    )
+    .await?;
+    let (wal_level, version, tls): (String, String, bool) = (server.get(0), server.get(1), server.get(2));
+    // Logged once per process: standbys and retries call this every few seconds.
+    static LOGGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !LOGGED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::info!(%version, host = %config.database.host, tls, "connected to PostgreSQL");
+    }
+    // Keeps the replication-lag metric honest while the stream is down (NATS away, standby).
+    if let Some(Ok(wal_end)) = server.get::<_, Option<String>>(3).map(|t| t.parse::<Lsn>()) {
+        crate::metrics::server_wal_end(wal_end);
+    }
     if wal_level != "logical" {
         return Err(SourceError::Fatal(format!(
             "PostgreSQL has wal_level={wal_level}; logical decoding needs wal_level=logical (set it in postgresql.conf or with ALTER SYSTEM SET wal_level = logical, then restart PostgreSQL)"
@@ -175,6 +205,10 @@ pub(crate) fn classify(e: &tokio_postgres::Error) -> SourceError {
                 "PostgreSQL refused the connection: {text} (check database.user, database.password, database.name and pg_hba.conf)"
             ))
         }
+        // Certificate and TLS negotiation failures need an operator, not a retry.
+        _ if text.contains("TLS") => SourceError::Fatal(format!(
+            "TLS to PostgreSQL failed: {text} (check database.sslMode, sslRootCert and sslCert/sslKey)"
+        )),
         _ => SourceError::Transient(format!("PostgreSQL: {text}")),
     }
 }

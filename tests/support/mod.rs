@@ -8,6 +8,8 @@
 //! Not every test uses every helper, hence the `allow`s.
 #![allow(dead_code, unused_imports)]
 
+pub mod certs;
+pub mod http;
 pub mod nats;
 pub mod pg;
 pub mod service;

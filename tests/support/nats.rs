@@ -81,6 +81,8 @@ pub struct NatsServer {
     /// that might answer on the port.
     name: String,
     child: Option<Child>,
+    /// Extra command-line arguments (auth, `-c config`), given on every start.
+    extra_args: Vec<String>,
     // Dropped (deleted) after `Drop::drop` killed the server.
     dir: tempfile::TempDir,
 }
@@ -89,6 +91,12 @@ impl NatsServer {
     /// Starts `nats-server -js` on a free port with a fresh file store; returns
     /// once it accepts clients. Panics (with the server log) on failure.
     pub fn start() -> NatsServer {
+        NatsServer::start_with(&[])
+    }
+
+    /// [`NatsServer::start`] with extra arguments, e.g. `["--user", "u", "--pass", "p"]` or
+    /// `["-c", "/path/server.conf"]` (command-line flags override the file).
+    pub fn start_with(extra_args: &[&str]) -> NatsServer {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let bin = nats_server_bin();
         let dir = tempfile::Builder::new()
@@ -105,6 +113,7 @@ impl NatsServer {
             port: 0,
             name,
             child: None,
+            extra_args: extra_args.iter().map(|a| (*a).to_owned()).collect(),
             dir,
         };
         for attempt in 1..=START_PORT_ATTEMPTS {
@@ -280,6 +289,7 @@ impl NatsServer {
             .arg("-sd")
             .arg(self.store_dir())
             .args(["-n", &self.name])
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(stderr))

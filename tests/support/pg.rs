@@ -239,6 +239,51 @@ impl PgCluster {
         String::from_utf8_lossy(&out.stdout).trim_end().to_owned()
     }
 
+    /// Appends `text` to `postgresql.conf` (takes effect on the next start or reload).
+    pub fn append_config(&self, text: &str) {
+        self.append_conf(text);
+    }
+
+    /// Writes `contents` as `name` in the data directory, owned by the server's OS user and
+    /// readable by it alone (PostgreSQL insists on that for private keys).
+    pub fn write_data_file(&self, name: &str, contents: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.data_dir().join(name);
+        std::fs::write(&path, contents).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
+        if !matches!(self.run_as, RunAs::Me) {
+            let out = Command::new("chown")
+                .arg("postgres:")
+                .arg(&path)
+                .output()
+                .expect("run chown");
+            assert!(
+                out.status.success(),
+                "chown {}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+
+    /// TLS on: `server.crt`/`server.key` as the server's certificate, `ca.crt` to verify client
+    /// certificates. Takes effect on the next (re)start.
+    pub fn configure_ssl(&self, cert_pem: &str, key_pem: &str, ca_pem: &str) {
+        self.write_data_file("server.crt", cert_pem);
+        self.write_data_file("server.key", key_pem);
+        self.write_data_file("ca.crt", ca_pem);
+        self.append_conf(
+            "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\nssl_ca_file = 'ca.crt'\n",
+        );
+    }
+
+    /// Replaces `pg_hba.conf` (takes effect on the next start or reload). Keep a `trust` line
+    /// for `postgres` on 127.0.0.1: the harness's own psql connects that way.
+    pub fn set_hba(&self, text: &str) {
+        self.write_data_file("pg_hba.conf", text);
+    }
+
     /// Clean shutdown (`pg_ctl stop -m fast`).
     pub fn stop(&mut self) {
         self.pg_ctl_stop("fast");

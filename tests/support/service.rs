@@ -16,6 +16,8 @@ pub struct Setup {
     pub extra: String,
     /// Extra YAML lines under `listener:` (indented by two spaces).
     pub listener_extra: String,
+    /// `listener.serverPort` (0 = no HTTP endpoint).
+    pub server_port: u16,
 }
 
 impl Setup {
@@ -26,14 +28,16 @@ impl Setup {
             topic: format!("cdc_{name}"),
             extra: String::new(),
             listener_extra: String::new(),
+            server_port: 0,
         }
     }
 
     pub fn yaml(&self, pg: &PgCluster, nats: &NatsServer) -> String {
         format!(
-            "listener:\n  slotName: {}\n  publication: {}\n  heartbeatInterval: 1s\n  serverPort: 0\n{}\ndatabase:\n  host: 127.0.0.1\n  port: {}\n  name: postgres\n  user: postgres\npublisher:\n  type: nats\n  address: {}\n  topic: {}\nlogger:\n  level: debug\n  fmt: text\n{}\n",
+            "listener:\n  slotName: {}\n  publication: {}\n  heartbeatInterval: 1s\n  serverHost: 127.0.0.1\n  serverPort: {}\n{}\ndatabase:\n  host: 127.0.0.1\n  port: {}\n  name: postgres\n  user: postgres\npublisher:\n  type: nats\n  address: {}\n  topic: {}\nlogger:\n  level: debug\n  fmt: text\n{}\n",
             self.slot,
             self.publication,
+            self.server_port,
             self.listener_extra,
             pg.port(),
             nats.url(),
@@ -48,16 +52,27 @@ pub struct Service {
     dir: tempfile::TempDir,
     child: Option<Child>,
     runs: usize,
+    env: Vec<(String, String)>,
 }
 
 impl Service {
     /// Write `yaml` as the config and start the binary.
     pub fn start(yaml: &str) -> Service {
-        Service::start_with_files(yaml, &[])
+        Service::start_full(yaml, &[], &[])
     }
 
     /// Like [`Service::start`], with extra files (scripts) written next to the config first.
     pub fn start_with_files(yaml: &str, files: &[(&str, &str)]) -> Service {
+        Service::start_full(yaml, files, &[])
+    }
+
+    /// [`Service::start`] with extra environment variables (e.g. `WAL_*` overrides).
+    pub fn start_with_env(yaml: &str, env: &[(&str, &str)]) -> Service {
+        Service::start_full(yaml, &[], env)
+    }
+
+    /// Files written next to the config, and environment variables, then start.
+    pub fn start_full(yaml: &str, files: &[(&str, &str)], env: &[(&str, &str)]) -> Service {
         let dir = tempfile::tempdir().expect("temp dir for the service");
         std::fs::write(dir.path().join("config.yml"), yaml).expect("write config");
         for (name, content) in files {
@@ -71,6 +86,7 @@ impl Service {
             dir,
             child: None,
             runs: 0,
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         };
         service.start_again();
         service
@@ -111,6 +127,7 @@ impl Service {
             .arg("-c")
             .arg(self.config_path())
             .current_dir(self.dir.path())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log handle"))
             .stderr(log)
@@ -205,4 +222,24 @@ pub fn parse_lsn(text: &str) -> u64 {
     let hi = u64::from_str_radix(hi, 16).unwrap_or_else(|_| panic!("not an LSN: {text:?}"));
     let lo = u64::from_str_radix(lo, 16).unwrap_or_else(|_| panic!("not an LSN: {text:?}"));
     (hi << 32) | lo
+}
+
+/// `wal-listener check --connect` with `yaml` as its config and extra environment variables:
+/// the exit code and everything it printed.
+pub fn check_connect(yaml: &str, env: &[(&str, &str)]) -> (i32, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("config.yml");
+    std::fs::write(&path, yaml).expect("write config");
+    let out = Command::new(env!("CARGO_BIN_EXE_wal-listener"))
+        .args(["check", "--connect", "-c"])
+        .arg(&path)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run wal-listener check");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
 }

@@ -1,0 +1,414 @@
+//! `wal-listener check --connect`: reach PostgreSQL and NATS and report, line by line, what
+//! the service will find there — each problem with the config key it concerns and the fix.
+//!
+//! Read-only: nothing is created (the service creates a missing publication, slot and stream
+//! itself; the check says whether it will be able to). Lines start with `ok:`, `warning:` or
+//! `error:`; the command exits 0 only without errors. Secrets are never printed.
+
+use std::fmt::Display;
+
+use async_nats::jetstream;
+
+use crate::config::{Config, PublisherKind};
+use crate::publish::{self, subject_covers};
+use crate::source::setup::{self, quote_ident};
+use crate::source::tls::effective_mode;
+
+/// WAL held by the slot above which the check warns.
+const LAG_WARNING_BYTES: i64 = 1 << 30;
+
+/// Collects the report's lines and whether any was an error.
+#[derive(Default)]
+pub struct Report {
+    lines: Vec<String>,
+    errors: usize,
+}
+
+impl Report {
+    fn ok(&mut self, text: impl Display) {
+        self.lines.push(format!("ok: {text}"));
+    }
+    fn warn(&mut self, text: impl Display) {
+        self.lines.push(format!("warning: {text}"));
+    }
+    fn error(&mut self, text: impl Display) {
+        self.errors += 1;
+        self.lines.push(format!("error: {text}"));
+    }
+
+    /// The report's lines, in order.
+    pub fn lines(&self) -> &[String] {
+        &self.lines
+    }
+
+    /// Whether nothing was an error.
+    pub fn passed(&self) -> bool {
+        self.errors == 0
+    }
+}
+
+/// Check both ends.
+pub async fn connections(config: &Config) -> Report {
+    let mut report = Report::default();
+    database(config, &mut report).await;
+    publisher(config, &mut report).await;
+    report
+}
+
+async fn database(config: &Config, r: &mut Report) {
+    let db = &config.database;
+    let client = match setup::connect(config).await {
+        Ok(client) => client,
+        Err(e) => {
+            r.error(format!(
+                "database: cannot connect to {}:{} as {}: {e}",
+                db.host, db.port, db.user
+            ));
+            return;
+        }
+    };
+    let q = |sql: &'static str| {
+        let client = &client;
+        async move { client.query_one(sql, &[]).await }
+    };
+    let version: String = match q("SHOW server_version").await {
+        Ok(row) => row.get(0),
+        Err(e) => {
+            r.error(format!("database: {e}"));
+            return;
+        }
+    };
+    let tls: bool = q("SELECT coalesce((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), false)")
+        .await
+        .map(|row| row.get(0))
+        .unwrap_or(false);
+    r.ok(format!(
+        "database: PostgreSQL {version} at {}:{}, database {}, user {}, TLS {} (database.sslMode {})",
+        db.host,
+        db.port,
+        db.name,
+        db.user,
+        if tls { "on" } else { "off" },
+        effective_mode(db).as_str()
+    ));
+
+    match q("SHOW wal_level").await.map(|row| row.get::<_, String>(0)) {
+        Ok(level) if level == "logical" => r.ok("database: wal_level=logical"),
+        Ok(level) => r.error(format!(
+            "database: wal_level={level}; logical decoding needs wal_level=logical: ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL"
+        )),
+        Err(e) => r.error(format!("database: SHOW wal_level: {e}")),
+    }
+    if let Ok(row) = q("SELECT pg_is_in_recovery()").await
+        && row.get::<_, bool>(0)
+    {
+        r.error("database: the server is a standby in recovery; connect database.host to the primary");
+    }
+
+    let (replication, superuser): (bool, bool) =
+        match q("SELECT rolreplication, rolsuper FROM pg_roles WHERE rolname = current_user").await {
+            Ok(row) => (row.get(0), row.get(1)),
+            Err(e) => {
+                r.error(format!("database: reading the role of {}: {e}", db.user));
+                (false, false)
+            }
+        };
+    if replication || superuser {
+        r.ok(format!("database: user {} may replicate (REPLICATION)", db.user));
+    } else {
+        r.error(format!(
+            "database.user: {0} lacks the REPLICATION attribute: ALTER ROLE {0} WITH REPLICATION; (and allow it in pg_hba.conf)",
+            quote_ident(&db.user)
+        ));
+    }
+
+    slot(config, &client, r).await;
+    publication(config, &client, superuser, r).await;
+}
+
+async fn slot(config: &Config, client: &tokio_postgres::Client, r: &mut Report) {
+    let slot = &config.listener.slot_name;
+    let limits = client
+        .query_one(
+            "SELECT current_setting('max_replication_slots')::int8, (SELECT count(*) FROM pg_replication_slots),
+                    current_setting('max_wal_senders')::int8, (SELECT count(*) FROM pg_stat_replication)",
+            &[],
+        )
+        .await;
+    let row = client
+        .query_opt(
+            "SELECT plugin, database, active, active_pid, confirmed_flush_lsn::text, wal_status,
+                    CASE WHEN pg_is_in_recovery() THEN NULL ELSE (pg_current_wal_lsn() - confirmed_flush_lsn)::int8 END
+             FROM pg_replication_slots WHERE slot_name = $1",
+            &[slot],
+        )
+        .await;
+    let exists = matches!(row, Ok(Some(_)));
+    match limits {
+        Ok(l) => {
+            let (max_slots, used_slots, max_senders, used_senders): (i64, i64, i64, i64) =
+                (l.get(0), l.get(1), l.get(2), l.get(3));
+            if !exists && used_slots >= max_slots {
+                r.error(format!(
+                    "database: all {max_slots} replication slots are in use (max_replication_slots); raise it and restart PostgreSQL, or drop an unused slot"
+                ));
+            } else {
+                r.ok(format!(
+                    "database: max_replication_slots={max_slots} ({used_slots} in use)"
+                ));
+            }
+            if used_senders >= max_senders {
+                r.error(format!(
+                    "database: all {max_senders} WAL senders are busy (max_wal_senders); raise it and restart PostgreSQL"
+                ));
+            }
+        }
+        Err(e) => r.warn(format!("database: cannot read replication limits: {e}")),
+    }
+    let row = match row {
+        Ok(Some(row)) => row,
+        Ok(None) => {
+            r.ok(format!(
+                "listener.slotName: slot {slot} does not exist yet; wal-listener creates it (pgoutput) and streams from then on"
+            ));
+            return;
+        }
+        Err(e) => {
+            r.error(format!("listener.slotName: reading slot {slot}: {e}"));
+            return;
+        }
+    };
+    let plugin: Option<String> = row.get(0);
+    let database: Option<String> = row.get(1);
+    let active: bool = row.get(2);
+    let pid: Option<i32> = row.get(3);
+    let confirmed: Option<String> = row.get(4);
+    let wal_status: Option<String> = row.get(5);
+    let lag: Option<i64> = row.get(6);
+    if plugin.as_deref() != Some("pgoutput") {
+        r.error(format!(
+            "listener.slotName: slot {slot} uses plugin {}, not pgoutput: choose another slotName or SELECT pg_drop_replication_slot('{slot}')",
+            plugin.as_deref().unwrap_or("none (a physical slot)")
+        ));
+        return;
+    }
+    if database.as_deref() != Some(config.database.name.as_str()) {
+        r.error(format!(
+            "listener.slotName: slot {slot} belongs to database {}, not {}: choose another slotName",
+            database.unwrap_or_default(),
+            config.database.name
+        ));
+        return;
+    }
+    if wal_status.as_deref() == Some("lost") {
+        r.error(format!(
+            "listener.slotName: slot {slot} has lost required WAL (wal_status=lost; max_slot_wal_keep_size was exceeded): changes are missing; drop and recreate it, then resynchronise consumers"
+        ));
+    }
+    let lag_text = lag.map(human_bytes).unwrap_or_else(|| "unknown".into());
+    let holder = match (active, pid) {
+        (true, Some(pid)) => {
+            format!("in use by PID {pid} (another wal-listener streams; this one would wait as standby)")
+        }
+        (true, None) => "in use".into(),
+        (false, _) => "idle".into(),
+    };
+    r.ok(format!(
+        "listener.slotName: slot {slot} (pgoutput) {holder}, confirmed {}, holding {lag_text} of WAL",
+        confirmed.unwrap_or_else(|| "-".into())
+    ));
+    if let Some(lag) = lag.filter(|l| *l > LAG_WARNING_BYTES) {
+        r.warn(format!(
+            "listener.slotName: slot {slot} holds {} of WAL; PostgreSQL keeps it until wal-listener confirms it (is it running? alert on wal_listener_replication_lag_bytes)",
+            human_bytes(lag)
+        ));
+    }
+}
+
+async fn publication(config: &Config, client: &tokio_postgres::Client, superuser: bool, r: &mut Report) {
+    let name = &config.listener.publication;
+    let row = client
+        .query_opt(
+            "SELECT puballtables, pubinsert, pubupdate, pubdelete, pubtruncate,
+                    (SELECT count(*) FROM pg_publication_tables t WHERE t.pubname = p.pubname)
+             FROM pg_publication p WHERE pubname = $1",
+            &[name],
+        )
+        .await;
+    let row = match row {
+        Ok(Some(row)) => row,
+        Ok(None) if superuser => {
+            r.ok(format!(
+                "listener.publication: {name} does not exist; wal-listener creates it FOR ALL TABLES"
+            ));
+            return;
+        }
+        Ok(None) => {
+            r.error(format!(
+                "listener.publication: {name} does not exist and {} cannot create it FOR ALL TABLES (that needs a superuser): as a superuser run CREATE PUBLICATION {} FOR ALL TABLES; (or FOR TABLE …)",
+                config.database.user,
+                quote_ident(name)
+            ));
+            return;
+        }
+        Err(e) => {
+            r.error(format!("listener.publication: reading {name}: {e}"));
+            return;
+        }
+    };
+    let all: bool = row.get(0);
+    let ops: Vec<&str> = [(1, "insert"), (2, "update"), (3, "delete"), (4, "truncate")]
+        .into_iter()
+        .filter(|(i, _)| !row.get::<_, bool>(*i))
+        .map(|(_, op)| op)
+        .collect();
+    let tables: i64 = row.get(5);
+    let scope = if all {
+        "FOR ALL TABLES".to_string()
+    } else {
+        format!("{tables} table(s)")
+    };
+    r.ok(format!("listener.publication: {name} exists, {scope}"));
+    if tables == 0 {
+        r.warn(format!(
+            "listener.publication: {name} contains no tables: no change will be published (ALTER PUBLICATION {} ADD TABLE …)",
+            quote_ident(name)
+        ));
+    }
+    if !ops.is_empty() {
+        r.warn(format!(
+            "listener.publication: {name} does not publish {}: those changes never reach wal-listener",
+            ops.join(", ")
+        ));
+    }
+    let no_identity = client
+        .query(
+            "SELECT format('%I.%I', n.nspname, c.relname)
+             FROM pg_publication_tables t
+             JOIN pg_namespace n ON n.nspname = t.schemaname
+             JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = t.tablename
+             WHERE t.pubname = $1 AND c.relreplident = 'd'
+               AND NOT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)
+             ORDER BY 1 LIMIT 5",
+            &[name],
+        )
+        .await;
+    if let Ok(rows) = no_identity
+        && !rows.is_empty()
+    {
+        let names: Vec<String> = rows.iter().map(|row| row.get(0)).collect();
+        r.warn(format!(
+            "listener.publication: tables without a primary key or replica identity ({}): PostgreSQL rejects their UPDATEs and DELETEs while they are published; add a primary key or ALTER TABLE … REPLICA IDENTITY FULL",
+            names.join(", ")
+        ));
+    }
+}
+
+async fn publisher(config: &Config, r: &mut Report) {
+    let p = &config.publisher;
+    let shown = publish::display_address(&p.address);
+    if p.kind == PublisherKind::Stdout {
+        r.ok("publisher: type stdout, nothing to reach");
+        return;
+    }
+    let client = match publish::client(config).await.map(|(client, _lost)| client) {
+        Ok(client) => client,
+        Err(e) => {
+            r.error(format!("publisher: {e}"));
+            return;
+        }
+    };
+    let info = client.server_info();
+    r.ok(format!(
+        "publisher: NATS {} reachable at {shown} (server {}, TLS {}, JetStream {})",
+        info.version,
+        info.server_name,
+        if info.tls_required { "on" } else { "off" },
+        if info.jetstream { "on" } else { "off" },
+    ));
+    if p.kind == PublisherKind::NatsCore {
+        return;
+    }
+    if !info.jetstream {
+        r.error("publisher: JetStream is not enabled on the server: start nats-server with -js (or jetstream {} in its config), or use publisher.type: nats-core");
+        return;
+    }
+    let js = jetstream::new(client);
+    let name = &p.topic;
+    let wanted = format!("{name}.>");
+    match js.get_stream(name).await {
+        Ok(mut stream) => match stream.info().await {
+            Ok(info) => {
+                let c = &info.config;
+                if c.subjects.iter().any(|s| subject_covers(s, &wanted)) {
+                    r.ok(format!(
+                        "publisher.topic: stream {name} captures {wanted} ({:?} storage, duplicate window {:?}, {} messages)",
+                        c.storage, c.duplicate_window, info.state.messages
+                    ));
+                } else {
+                    r.error(format!(
+                        "publisher.topic: stream {name} captures {:?}, not {wanted}: events would not be stored; nats stream edit {name} --subjects '{wanted}', or choose another publisher.topic",
+                        c.subjects
+                    ));
+                }
+                if c.duplicate_window < std::time::Duration::from_secs(60) {
+                    r.warn(format!(
+                        "publisher.topic: stream {name} has a duplicate window of {:?}: replays after a longer outage may store duplicates (2m or more recommended)",
+                        c.duplicate_window
+                    ));
+                }
+                if c.no_ack {
+                    r.error(format!(
+                        "publisher.topic: stream {name} has no_ack set: wal-listener needs acknowledgements to confirm changes; recreate it without --no-ack"
+                    ));
+                }
+            }
+            Err(e) => r.error(format!("publisher.topic: reading stream {name}: {e}")),
+        },
+        Err(e) if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(ref j) if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+        {
+            r.ok(format!(
+                "publisher.topic: stream {name} does not exist; wal-listener creates it (subjects {wanted}, file storage, duplicate window {:?})",
+                p.duplicate_window
+            ));
+        }
+        Err(e) => r.error(format!("publisher.topic: looking up stream {name}: {e}")),
+    }
+    let dead_letter = config.dead_letter_subject();
+    if !subject_covers(&wanted, &dead_letter) {
+        match js.stream_by_subject(dead_letter.clone()).await {
+            Ok(stream) => r.ok(format!("scripts.deadLetterSubject: {dead_letter} is captured by stream {stream}")),
+            Err(_) => r.error(format!(
+                "scripts.deadLetterSubject: no stream captures {dead_letter}: failed events would be lost; add it to a stream's subjects or use a subject under {wanted}"
+            )),
+        }
+    }
+}
+
+fn human_bytes(n: i64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n.max(0) as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::human_bytes;
+
+    #[test]
+    fn sizes_read_like_an_operator_writes_them() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(3 << 30), "3.0 GiB");
+    }
+}

@@ -1,0 +1,229 @@
+//! What `/healthz` and `/ready` report ([`crate::http`]): the pipeline's phase and whether the
+//! NATS client is connected.
+//!
+//! | phase | `/healthz` | `/ready` |
+//! |---|---|---|
+//! | starting (before the first session streams) | 200 | 503 |
+//! | standby (another connection holds the slot) | 200 | 503 |
+//! | streaming, NATS connected | 200 | 200 |
+//! | streaming, NATS disconnected (the client is reconnecting) | 503 | 503 |
+//! | reconnecting (a session failed; retrying with backoff) | 503 | 503 |
+//! | stopping (SIGTERM: draining in-flight acks) | 200 | 503 |
+//!
+//! `/healthz` is "alive, and the connections are up" (SPEC §7); a standby is healthy — waiting
+//! is its job. `/ready` is "streaming and publishing". The pipeline reports through the free
+//! functions below; the state is process-wide, like the metrics.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+
+use crate::metrics;
+
+/// Where the pipeline is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Starting,
+    Standby,
+    Streaming,
+    Reconnecting,
+    Stopping,
+}
+
+impl Phase {
+    fn from_u8(v: u8) -> Phase {
+        match v {
+            1 => Phase::Standby,
+            2 => Phase::Streaming,
+            3 => Phase::Reconnecting,
+            4 => Phase::Stopping,
+            _ => Phase::Starting,
+        }
+    }
+
+    fn as_u8(self) -> u8 {
+        match self {
+            Phase::Starting => 0,
+            Phase::Standby => 1,
+            Phase::Streaming => 2,
+            Phase::Reconnecting => 3,
+            Phase::Stopping => 4,
+        }
+    }
+}
+
+struct State {
+    phase: AtomicU8,
+    nats: AtomicBool,
+    /// Which NATS client the connection flag belongs to: events of a dropped client that
+    /// arrive late must not overwrite the current one's.
+    nats_generation: AtomicU64,
+    /// Why the pipeline is not streaming (the last transient failure), for the probe bodies.
+    reason: Mutex<String>,
+}
+
+static STATE: State = State {
+    phase: AtomicU8::new(0),
+    nats: AtomicBool::new(false),
+    nats_generation: AtomicU64::new(0),
+    reason: Mutex::new(String::new()),
+};
+
+fn set_phase(phase: Phase) {
+    // Stopping is final: a session failing while the process drains does not undo it.
+    let _ = STATE
+        .phase
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |current| {
+            (Phase::from_u8(current) != Phase::Stopping).then_some(phase.as_u8())
+        });
+}
+
+fn set_reason(text: &str) {
+    let mut reason = STATE.reason.lock().unwrap_or_else(|e| e.into_inner());
+    reason.clear();
+    reason.push_str(text);
+}
+
+/// The current phase.
+pub fn phase() -> Phase {
+    Phase::from_u8(STATE.phase.load(Ordering::Acquire))
+}
+
+/// Another connection holds the slot; this instance waits to take over.
+pub fn standby(slot: &str) {
+    set_reason(&format!(
+        "standby: replication slot {slot} is in use by another connection"
+    ));
+    set_phase(Phase::Standby);
+}
+
+/// The replication stream started.
+pub fn streaming() {
+    set_reason("");
+    set_phase(Phase::Streaming);
+}
+
+/// A session failed with a transient error and will be retried (counted as a reconnect).
+pub fn reconnecting(cause: &str) {
+    metrics::reconnect();
+    // A standby's failing attempts to take the slot (object_in_use) keep it a standby.
+    if phase() == Phase::Standby && (cause.contains("SQLSTATE 55006") || cause.contains("is active for PID")) {
+        return;
+    }
+    set_reason(&format!("reconnecting: {cause}"));
+    set_phase(Phase::Reconnecting);
+}
+
+/// Shutdown started: not ready any more, still healthy while draining.
+pub fn stopping() {
+    set_phase(Phase::Stopping);
+}
+
+/// A new NATS client is being connected; its connection events report through the returned
+/// handle.
+pub fn nats_client() -> NatsHandle {
+    let generation = STATE.nats_generation.fetch_add(1, Ordering::AcqRel) + 1;
+    STATE.nats.store(false, Ordering::Release);
+    NatsHandle { generation }
+}
+
+/// Reports one NATS client's connection state.
+#[derive(Debug, Clone, Copy)]
+pub struct NatsHandle {
+    generation: u64,
+}
+
+impl NatsHandle {
+    /// The client (re)connected (`true`) or lost its connection (`false`).
+    pub fn connected(&self, up: bool) {
+        if STATE.nats_generation.load(Ordering::Acquire) == self.generation {
+            STATE.nats.store(up, Ordering::Release);
+        }
+    }
+}
+
+/// Whether the current NATS client is connected.
+pub fn nats_connected() -> bool {
+    STATE.nats.load(Ordering::Acquire)
+}
+
+/// What the probes answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub healthy: bool,
+    pub ready: bool,
+    /// One line for the response body: `ok`, or why not.
+    pub detail: String,
+}
+
+/// The probes' view of the current state.
+pub fn report() -> Report {
+    let phase = phase();
+    let nats = nats_connected();
+    let reason = STATE.reason.lock().map(|r| r.clone()).unwrap_or_default();
+    let (healthy, ready, detail) = match phase {
+        Phase::Starting => (true, false, "starting: connecting to PostgreSQL and NATS".to_string()),
+        Phase::Standby => (true, false, reason),
+        Phase::Streaming if nats => (true, true, "ok: streaming".to_string()),
+        Phase::Streaming => (
+            false,
+            false,
+            "NATS disconnected: the client is reconnecting".to_string(),
+        ),
+        Phase::Reconnecting => (false, false, reason),
+        Phase::Stopping => (true, false, "stopping: draining in-flight acknowledgements".to_string()),
+    };
+    Report { healthy, ready, detail }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The state is process-wide; this one test walks it through every transition in order.
+    #[test]
+    fn probes_follow_the_pipeline() {
+        assert!(!report().ready);
+        let nats = nats_client();
+        nats.connected(true);
+        streaming();
+        assert_eq!(
+            report(),
+            Report {
+                healthy: true,
+                ready: true,
+                detail: "ok: streaming".into()
+            }
+        );
+
+        nats.connected(false);
+        let r = report();
+        assert!(!r.healthy && !r.ready && r.detail.contains("NATS"), "{r:?}");
+
+        // A late event from an old client does not count once a new one exists.
+        let newer = nats_client();
+        nats.connected(true);
+        assert!(!nats_connected());
+        newer.connected(true);
+        assert!(report().ready);
+
+        reconnecting("PostgreSQL: connection refused");
+        let r = report();
+        assert!(
+            !r.healthy && !r.ready && r.detail == "reconnecting: PostgreSQL: connection refused",
+            "{r:?}"
+        );
+
+        standby("s1");
+        reconnecting("replication slot \"s1\" is active for PID 42");
+        let r = report();
+        assert!(r.healthy && !r.ready && r.detail.contains("standby"), "{r:?}");
+
+        streaming();
+        stopping();
+        streaming();
+        reconnecting("late failure");
+        let r = report();
+        assert_eq!(phase(), Phase::Stopping);
+        assert!(r.healthy && !r.ready, "{r:?}");
+    }
+}

@@ -1,0 +1,459 @@
+//! Prometheus metrics, served as text on `/metrics` ([`crate::http`]).
+//!
+//! The pipeline reports through the free functions below — one call at each point where
+//! something worth counting happens — into one process-wide registry, so no stage has to carry
+//! a handle. What is exported:
+//!
+//! | metric | type | labels | meaning |
+//! |---|---|---|---|
+//! | `published_events_total` | counter | `app`, `subject`, `table` | messages JetStream acknowledged (Go name) |
+//! | `filter_skipped_events_total` | counter | `app`, `table` | events the script dropped (Go name) |
+//! | `problematic_events_total` | counter | `app`, `kind` | `script` errors, `publish` failures, unparsable `value`s (Go name) |
+//! | `wal_listener_replication_lag_bytes` | gauge | | server WAL end − confirmed LSN |
+//! | `wal_listener_confirmed_lsn` | gauge | | last LSN confirmed to PostgreSQL, as a number |
+//! | `wal_listener_server_wal_end_lsn` | gauge | | newest server WAL end seen (keepalives and data) |
+//! | `wal_listener_events_in_flight` | gauge | | messages sent and not yet acknowledged |
+//! | `wal_listener_publish_latency_seconds` | histogram | | commit time → PubAck |
+//! | `wal_listener_script_errors_total` | counter | | `route` calls that failed |
+//! | `wal_listener_script_reloads_total` | counter | `result` (`ok`, `error`) | script reloads |
+//! | `wal_listener_reconnects_total` | counter | | sessions ended by a transient failure |
+//! | `wal_listener_ready`, `wal_listener_nats_connected` | gauge | | 1 or 0, as `/ready` and the NATS client see it |
+//!
+//! Label cardinality is bounded: subjects are chosen by scripts and could be unbounded (a
+//! subject per customer), so each labelled family keeps at most [`MAX_SERIES`] label sets;
+//! further ones are counted under `_other` (and that is logged once).
+
+use std::future::Future;
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::health;
+use crate::lsn::Lsn;
+
+/// Label sets per family beyond which new ones are folded into `_other`.
+pub const MAX_SERIES: usize = 1000;
+/// The Go wal-listener's `app` label value, kept so existing dashboards match.
+const APP: &str = "wal-listener";
+const OTHER: &str = "_other";
+/// Seconds between the Unix epoch and PostgreSQL's (2000-01-01).
+const PG_EPOCH_UNIX_SECS: i64 = 946_684_800;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PublishedLabels {
+    app: &'static str,
+    subject: String,
+    table: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TableLabels {
+    app: &'static str,
+    table: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    app: &'static str,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+struct Metrics {
+    registry: Registry,
+    published: Family<PublishedLabels, Counter>,
+    filtered: Family<TableLabels, Counter>,
+    problematic: Family<KindLabels, Counter>,
+    lag_bytes: Gauge,
+    confirmed_lsn: Gauge,
+    server_wal_end: Gauge,
+    in_flight: Gauge,
+    latency: Histogram,
+    script_errors: Counter,
+    script_reloads: Family<ResultLabels, Counter>,
+    reconnects: Counter,
+    ready: Gauge,
+    nats_connected: Gauge,
+    /// Raw LSNs (u64) behind the gauges, so the lag is computed without float rounding.
+    confirmed_raw: AtomicU64,
+    wal_end_raw: AtomicU64,
+    published_series: AtomicUsize,
+    filtered_series: AtomicUsize,
+    overflow_logged: AtomicBool,
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+impl Metrics {
+    fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let m = Metrics {
+            registry: Registry::default(),
+            published: Family::default(),
+            filtered: Family::default(),
+            problematic: Family::default(),
+            lag_bytes: Gauge::default(),
+            confirmed_lsn: Gauge::default(),
+            server_wal_end: Gauge::default(),
+            in_flight: Gauge::default(),
+            // 1 ms … ~65 s.
+            latency: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
+            script_errors: Counter::default(),
+            script_reloads: Family::default(),
+            reconnects: Counter::default(),
+            ready: Gauge::default(),
+            nats_connected: Gauge::default(),
+            confirmed_raw: AtomicU64::new(0),
+            wal_end_raw: AtomicU64::new(0),
+            published_series: AtomicUsize::new(0),
+            filtered_series: AtomicUsize::new(0),
+            overflow_logged: AtomicBool::new(false),
+        };
+        // Counters get `_total` appended by the encoder.
+        registry.register(
+            "published_events",
+            "Messages acknowledged by JetStream",
+            m.published.clone(),
+        );
+        registry.register(
+            "filter_skipped_events",
+            "Events the routing script dropped",
+            m.filtered.clone(),
+        );
+        registry.register(
+            "problematic_events",
+            "Events that failed: script errors, publish failures, unparsable values",
+            m.problematic.clone(),
+        );
+        registry.register(
+            "wal_listener_replication_lag_bytes",
+            "Server WAL end minus the confirmed LSN: WAL the slot still holds",
+            m.lag_bytes.clone(),
+        );
+        registry.register(
+            "wal_listener_confirmed_lsn",
+            "Last LSN confirmed (flushed) to PostgreSQL",
+            m.confirmed_lsn.clone(),
+        );
+        registry.register(
+            "wal_listener_server_wal_end_lsn",
+            "Newest server WAL end reported by the replication stream",
+            m.server_wal_end.clone(),
+        );
+        registry.register(
+            "wal_listener_events_in_flight",
+            "Messages sent to NATS and not yet acknowledged",
+            m.in_flight.clone(),
+        );
+        registry.register(
+            "wal_listener_publish_latency_seconds",
+            "Time from the transaction's commit to the JetStream acknowledgement",
+            m.latency.clone(),
+        );
+        registry.register(
+            "wal_listener_script_errors",
+            "Routing script calls that failed",
+            m.script_errors.clone(),
+        );
+        registry.register(
+            "wal_listener_script_reloads",
+            "Routing script reloads, by result",
+            m.script_reloads.clone(),
+        );
+        registry.register(
+            "wal_listener_reconnects",
+            "Sessions ended by a transient failure and retried",
+            m.reconnects.clone(),
+        );
+        registry.register(
+            "wal_listener_ready",
+            "1 while streaming and publishing (as /ready)",
+            m.ready.clone(),
+        );
+        registry.register(
+            "wal_listener_nats_connected",
+            "1 while the NATS client is connected",
+            m.nats_connected.clone(),
+        );
+        // Series that alerts refer to exist from the start, at 0.
+        for kind in ["script", "publish", "value"] {
+            drop(m.problematic.get_or_create(&KindLabels { app: APP, kind }));
+        }
+        for result in ["ok", "error"] {
+            drop(m.script_reloads.get_or_create(&ResultLabels { result }));
+        }
+        Metrics { registry, ..m }
+    }
+
+    /// Increment `labels`' counter in `family`, or the `_other` one once the family holds
+    /// [`MAX_SERIES`] label sets (`series` counts them; a race may let it overshoot by a few).
+    fn inc_bounded<S: Clone + std::hash::Hash + Eq>(
+        &self,
+        family: &Family<S, Counter>,
+        series: &AtomicUsize,
+        labels: &S,
+        other: impl FnOnce() -> S,
+    ) {
+        if let Some(counter) = family.get(labels) {
+            counter.inc();
+            return;
+        }
+        if series.fetch_add(1, Ordering::Relaxed) < MAX_SERIES {
+            family.get_or_create(labels).inc();
+            return;
+        }
+        if !self.overflow_logged.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                limit = MAX_SERIES,
+                "a metric has more label values than the limit; further ones are counted as {OTHER:?} (do scripts put ids in subjects?)"
+            );
+        }
+        family.get_or_create(&other()).inc();
+    }
+}
+
+/// The metrics in Prometheus text format.
+pub fn render() -> String {
+    let m = &*METRICS;
+    let confirmed = m.confirmed_raw.load(Ordering::Relaxed);
+    let wal_end = m.wal_end_raw.load(Ordering::Relaxed);
+    m.lag_bytes.set(gauge_value(wal_end.saturating_sub(confirmed)));
+    let report = health::report();
+    m.ready.set(i64::from(report.ready));
+    m.nats_connected.set(i64::from(health::nats_connected()));
+    let mut out = String::new();
+    if prometheus_client::encoding::text::encode(&mut out, &m.registry).is_err() {
+        out.clear();
+    }
+    out
+}
+
+fn gauge_value(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// PostgreSQL was told everything up to `lsn` is flushed.
+pub fn confirmed(lsn: Lsn) {
+    let m = &*METRICS;
+    m.confirmed_raw.store(lsn.0, Ordering::Relaxed);
+    m.confirmed_lsn.set(gauge_value(lsn.0));
+}
+
+/// The server reported its WAL end (keepalive or data message); only moves forward.
+pub fn server_wal_end(lsn: Lsn) {
+    let m = &*METRICS;
+    let previous = m.wal_end_raw.fetch_max(lsn.0, Ordering::Relaxed);
+    if lsn.0 > previous {
+        m.server_wal_end.set(gauge_value(lsn.0));
+    }
+}
+
+/// The routing script dropped an event of `table`.
+pub fn filtered(table: &str) {
+    let m = &*METRICS;
+    let labels = TableLabels {
+        app: APP,
+        table: table.to_string(),
+    };
+    m.inc_bounded(&m.filtered, &m.filtered_series, &labels, || TableLabels {
+        app: APP,
+        table: OTHER.into(),
+    });
+}
+
+/// Something went wrong with one event: `script`, `publish`, `value`.
+pub fn problem(kind: &'static str) {
+    METRICS.problematic.get_or_create(&KindLabels { app: APP, kind }).inc();
+}
+
+/// A `route` call failed (whatever `scripts.onError` then does).
+pub fn script_error() {
+    METRICS.script_errors.inc();
+    problem("script");
+}
+
+/// A new script version was loaded (`ok`) or rejected (`!ok`).
+pub fn script_reload(ok: bool) {
+    let result = if ok { "ok" } else { "error" };
+    METRICS.script_reloads.get_or_create(&ResultLabels { result }).inc();
+}
+
+/// A session ended by a transient failure and will be retried.
+pub fn reconnect() {
+    METRICS.reconnects.inc();
+}
+
+/// One message on its way to JetStream: in flight from [`Publishing::start`] until its ack
+/// resolves or is abandoned (a session that ends drops its pending acks).
+pub struct Publishing {
+    subject: String,
+    table: String,
+    /// Commit time, microseconds since 2000-01-01 UTC.
+    commit_time: i64,
+    _in_flight: InFlight,
+}
+
+impl Publishing {
+    /// Start tracking a message to `subject` from a change of `table` committed at
+    /// `commit_time` (PostgreSQL epoch microseconds).
+    pub fn start(subject: &str, table: &str, commit_time: i64) -> Publishing {
+        METRICS.in_flight.inc();
+        Publishing {
+            subject: subject.to_string(),
+            table: table.to_string(),
+            commit_time,
+            _in_flight: InFlight,
+        }
+    }
+
+    /// Wrap the message's ack future so that its outcome is counted when it resolves.
+    pub async fn track<E>(self, ack: impl Future<Output = Result<(), E>>) -> Result<(), E> {
+        let result = ack.await;
+        match &result {
+            Ok(()) => self.acknowledged(),
+            Err(_) => problem("publish"),
+        }
+        result
+    }
+
+    fn acknowledged(&self) {
+        let m = &*METRICS;
+        let labels = PublishedLabels {
+            app: APP,
+            subject: self.subject.clone(),
+            table: self.table.clone(),
+        };
+        m.inc_bounded(&m.published, &m.published_series, &labels, || PublishedLabels {
+            app: APP,
+            subject: OTHER.into(),
+            table: OTHER.into(),
+        });
+        if let Some(seconds) = seconds_since_commit(self.commit_time) {
+            m.latency.observe(seconds);
+        }
+    }
+}
+
+/// Decrements the in-flight gauge when the tracked message is done with, however that ends.
+struct InFlight;
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        METRICS.in_flight.dec();
+    }
+}
+
+fn seconds_since_commit(commit_time: i64) -> Option<f64> {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?;
+    let now_pg_micros = i64::try_from(now.as_micros()).ok()? - PG_EPOCH_UNIX_SECS * 1_000_000;
+    // A clock behind the server's gives a negative age: count it as immediate.
+    let micros = now_pg_micros.saturating_sub(commit_time).max(0);
+    Some(micros as f64 / 1e6)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now_pg_micros() -> i64 {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970");
+        i64::try_from(now.as_micros()).expect("fits") - PG_EPOCH_UNIX_SECS * 1_000_000
+    }
+
+    fn line<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
+        text.lines().find(|l| l.starts_with(prefix))
+    }
+
+    #[tokio::test]
+    async fn an_acknowledged_message_is_counted_with_its_labels_and_latency() {
+        let tracked = Publishing::start("unit.acked_subject", "acked_table", now_pg_micros() - 250_000);
+        let text = render();
+        assert!(
+            line(&text, "wal_listener_events_in_flight ").is_some_and(|l| l != "wal_listener_events_in_flight 0"),
+            "{text}"
+        );
+        tracked.track(async { Ok::<(), ()>(()) }).await.expect("ok");
+        let text = render();
+        assert_eq!(
+            line(
+                &text,
+                "published_events_total{app=\"wal-listener\",subject=\"unit.acked_subject\""
+            ),
+            Some("published_events_total{app=\"wal-listener\",subject=\"unit.acked_subject\",table=\"acked_table\"} 1"),
+            "{text}"
+        );
+        // Only this test observes a latency: its 250 ms lands above the 0.128 s bucket.
+        let bucket = |le: &str| {
+            line(
+                &text,
+                &format!("wal_listener_publish_latency_seconds_bucket{{le=\"{le}\"}} "),
+            )
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|n| n.parse::<u64>().ok())
+        };
+        assert!(bucket("0.512") > bucket("0.128"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_failed_or_abandoned_message_is_not_counted_as_published() {
+        let tracked = Publishing::start("unit.failed_subject", "t", 0);
+        assert!(tracked.track(async { Err::<(), &str>("nope") }).await.is_err());
+        drop(Publishing::start("unit.abandoned_subject", "t", 0));
+        let text = render();
+        assert!(
+            !text.contains("unit.failed_subject") && !text.contains("unit.abandoned_subject"),
+            "{text}"
+        );
+        assert!(
+            line(&text, "problematic_events_total{app=\"wal-listener\",kind=\"publish\"}").is_some(),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn lag_is_wal_end_minus_confirmed_and_wal_end_never_goes_back() {
+        server_wal_end(Lsn(0x1_0000_0500));
+        server_wal_end(Lsn(0x1_0000_0100));
+        confirmed(Lsn(0x1_0000_0400));
+        let text = render();
+        // Other tests share the registry; these values are only ever set by this test.
+        assert!(text.contains("wal_listener_server_wal_end_lsn 4294968576"), "{text}");
+        assert!(text.contains("wal_listener_replication_lag_bytes 256"), "{text}");
+        assert!(text.contains("wal_listener_confirmed_lsn 4294968320"), "{text}");
+    }
+
+    #[test]
+    fn label_sets_are_bounded() {
+        for n in 0..MAX_SERIES + 5 {
+            filtered(&format!("bounded_{n}"));
+        }
+        let text = render();
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("filter_skipped_events_total{"))
+            .count();
+        assert!(series <= MAX_SERIES + 1, "{series} series");
+        assert!(
+            text.contains("filter_skipped_events_total{app=\"wal-listener\",table=\"_other\"}"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn commit_age_is_never_negative() {
+        assert_eq!(seconds_since_commit(now_pg_micros() + 10_000_000), Some(0.0));
+        let age = seconds_since_commit(now_pg_micros() - 2_000_000).expect("age");
+        assert!((1.9..10.0).contains(&age), "{age}");
+    }
+}

@@ -10,7 +10,8 @@
 //! 4. commit → delivery latency p50/p99 under a steady 5,000 rows/s insert load (measured by a
 //!    subscriber: commitTime in the payload vs arrival, which follows the PubAck by a hair).
 //!
-//! Set `BENCH_ROWS` to change the backlog size (default 200000).
+//! Set `BENCH_ROWS` to change the backlog size (default 200000), `BENCH_ONLY=drain` to stop after
+//! the first comparison.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -73,6 +74,9 @@ async fn run() {
         rate / baseline_rate
     );
 
+    if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "drain") {
+        return;
+    }
     let sample = rows.min(20_000);
     let (one, _) = drain(&pg, &nats, &single, "pub_bench", 1, sample).await;
     let one_rate = sample as f64 / one.as_secs_f64();

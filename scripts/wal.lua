@@ -54,43 +54,100 @@ local function token(name)
 end
 wal.token = token
 
+-- Subjects and filter decisions depend only on the relation (and the action), so each is
+-- computed once and kept: the token rule above runs several gsubs, too many to repeat for
+-- every event. The caches hold one entry per table or message prefix seen.
+local table_subjects = {}   -- schema -> table -> subject
+local message_subjects = {} -- prefix -> subject
+local table_actions = {}    -- schema -> table -> { ACTION = true } (merged bare + qualified)
+
+local function table_subject(schema, tbl)
+  local by_schema = table_subjects[schema]
+  if by_schema == nil then
+    by_schema = {}
+    table_subjects[schema] = by_schema
+  end
+  local subject = by_schema[tbl]
+  if subject == nil then
+    local mapped = topics_map[schema .. "_" .. tbl]
+    if mapped then
+      subject = topic .. "." .. topic_prefix .. mapped
+    else
+      subject = topic .. "." .. topic_prefix .. token(schema) .. "_" .. token(tbl)
+    end
+    by_schema[tbl] = subject
+  end
+  return subject
+end
+
+local function message_subject(prefix)
+  local subject = message_subjects[prefix]
+  if subject == nil then
+    subject = topic .. "." .. topic_prefix .. "message_" .. token(prefix)
+    message_subjects[prefix] = subject
+  end
+  return subject
+end
+
+local function table_allowed(schema, tbl, action)
+  if filter == nil then
+    return true
+  end
+  local by_schema = table_actions[schema]
+  if by_schema == nil then
+    by_schema = {}
+    table_actions[schema] = by_schema
+  end
+  local actions = by_schema[tbl]
+  if actions == nil then
+    actions = {}
+    for _, set in ipairs({ filter[schema .. "." .. tbl] or {}, filter[tbl] or {} }) do
+      for a in pairs(set) do
+        actions[a] = true
+      end
+    end
+    by_schema[tbl] = actions
+  end
+  return actions[action] == true
+end
+
+local function message_allowed(prefix)
+  return message_filter == nil or message_filter[prefix] == true
+end
+
 --- The default subject: topic.topicPrefix + (topicsMap[schema_table] or schema_table).
 function wal.subject(event)
   if event.action == "MESSAGE" then
-    return topic .. "." .. topic_prefix .. "message_" .. token(event.prefix)
+    return message_subject(event.prefix)
   end
-  local key = event.schema .. "_" .. event.table
-  local mapped = topics_map[key]
-  if mapped then
-    return topic .. "." .. topic_prefix .. mapped
-  end
-  return topic .. "." .. topic_prefix .. token(event.schema) .. "_" .. token(event.table)
+  return table_subject(event.schema, event.table)
 end
 
 --- Whether listener.filter lets the event through.
 function wal.allowed(event)
-  if event.action == "MESSAGE" then
-    return message_filter == nil or message_filter[event.prefix] == true
-  end
-  if filter == nil then
-    return true
-  end
   local action = event.action
-  local qualified = filter[event.schema .. "." .. event.table]
-  if qualified and qualified[action] then
-    return true
+  if action == "MESSAGE" then
+    return message_allowed(event.prefix)
   end
-  local bare = filter[event.table]
-  return bare ~= nil and bare[action] == true
+  return table_allowed(event.schema, event.table, action)
 end
 
 --- What the built-in default script returns: nil (filtered out) or the default subject, which
---- publishes the default JSON payload there.
+--- publishes the default JSON payload there. Reads each event field once.
 function wal.default_route(event)
-  if not wal.allowed(event) then
+  local action = event.action
+  if action == "MESSAGE" then
+    local prefix = event.prefix
+    if not message_allowed(prefix) then
+      return nil
+    end
+    return message_subject(prefix)
+  end
+  local schema, tbl = event.schema, event.table
+  if not table_allowed(schema, tbl, action) then
     return nil
   end
-  return wal.subject(event)
+  return table_subject(schema, tbl)
 end
 
 return wal

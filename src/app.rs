@@ -18,24 +18,23 @@
 //! stores each once. Fatal failures (bad credentials, a dropped slot, an unusable stream)
 //! end the process with a message saying what to fix.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::ack::AckWindow;
 use crate::catalog::Catalog;
-use crate::config::{Config, OnError, PublisherKind};
+use crate::config::{Config, PublisherKind};
 use crate::decode;
 use crate::event::{Assembler, ChangeEvent, Item};
 use crate::lsn::Lsn;
-use crate::publish::{self, OutMessage, PublishError, Sink};
-use crate::script::reload;
+use crate::publish::{OutMessage, PublishError, Sink};
+use crate::script::{Routed, reload};
 use crate::source::{Frame, PgwireReplication, Replication, SourceError, setup};
+use crate::unpublishable::{ScriptVersion, Unpublishable};
 use crate::{health, metrics};
 
 /// Items buffered between the transform loop and the publisher.
@@ -84,6 +83,13 @@ impl From<PublishError> for SessionError {
 
 /// Items from the transform loop to the publisher.
 enum Outbound {
+    /// A routed event; the publisher builds its messages (off the transform loop's thread).
+    Route {
+        event: Arc<ChangeEvent>,
+        routed: Vec<Routed>,
+        script: ScriptVersion,
+    },
+    /// A ready message (a dead letter for a script error).
     Publish(OutMessage),
     /// Confirmable once everything before it is acknowledged.
     Checkpoint(Lsn),
@@ -159,7 +165,8 @@ async fn session(
     let (tx, rx) = mpsc::channel(CHANNEL);
     let (flushed_tx, mut flushed_rx) = watch::channel(slot.confirmed_flush);
     let window = config.publisher.max_in_flight;
-    let mut publisher = AbortOnDropHandle::new(tokio::spawn(publish_loop(sink, rx, flushed_tx, window)));
+    let unpublishable = Unpublishable::new(config, max_payload);
+    let mut publisher = AbortOnDropHandle::new(tokio::spawn(publish_loop(sink, rx, flushed_tx, window, unpublishable)));
 
     let mut transform = Transform::new(config, versions, slot.confirmed_flush, max_payload);
     // Domains, arrays and user types need pg_type (crate::catalog); new ones are looked up
@@ -225,14 +232,23 @@ fn publisher_ended(done: Result<Result<(), SessionError>, tokio::task::JoinError
     }
 }
 
+fn script_version(version: &reload::Version) -> ScriptVersion {
+    ScriptVersion {
+        name: Arc::from(version.router.name()),
+        number: version.number,
+    }
+}
+
 /// Publish what the transform loop sends, track acks in order, report flushed LSNs.
 async fn publish_loop(
     sink: Sink,
     mut rx: mpsc::Receiver<Outbound>,
     flushed: watch::Sender<Lsn>,
     window: usize,
+    mut unpublishable: Unpublishable,
 ) -> Result<(), SessionError> {
     let mut acks = AckWindow::<PublishError>::new(window);
+    let mut messages = Vec::new();
     let mut open = true;
     while open || !acks.is_empty() {
         tokio::select! {
@@ -251,6 +267,12 @@ async fn publish_loop(
                 });
             }
             item = rx.recv(), if open && !acks.is_full() => match item {
+                Some(Outbound::Route { event, routed, script }) => {
+                    unpublishable.envelopes(&event, routed, &script, &mut messages).map_err(SessionError::Transient)?;
+                    for message in messages.drain(..) {
+                        acks.push_message(sink.send(message).await?);
+                    }
+                }
                 Some(Outbound::Publish(message)) => acks.push_message(sink.send(message).await?),
                 Some(Outbound::Checkpoint(lsn)) => acks.push_checkpoint(lsn),
                 None => open = false,
@@ -262,43 +284,39 @@ async fn publish_loop(
 }
 
 /// decode → event → script, as plain function calls.
-struct Transform<'a> {
-    config: &'a Config,
+struct Transform {
     /// The script version in use, and where new ones arrive (swapped between transactions).
     version: Arc<reload::Version>,
     versions: watch::Receiver<Arc<reload::Version>>,
-    /// (script version, table) pairs whose errors were already logged: once per version.
-    logged_errors: HashSet<(u64, String)>,
+    /// `version` as carried with each routed event.
+    script: ScriptVersion,
+    /// What `scripts.onError` makes of script errors.
+    unpublishable: Unpublishable,
     assembler: Assembler,
     events: Vec<Item>,
     /// The newest LSN handed on as a checkpoint (checkpoints only move forward).
     checkpoint: Lsn,
     /// Whether positions are confirmed at all (not for a stdout dry run, unless asked).
     confirm: bool,
-    /// The server's limit for one message; larger ones go to `scripts.onError`.
-    max_payload: Option<usize>,
-    dead_letter_subject: String,
 }
 
-impl<'a> Transform<'a> {
+impl Transform {
     fn new(
-        config: &'a Config,
+        config: &Config,
         mut versions: watch::Receiver<Arc<reload::Version>>,
         start: Lsn,
         max_payload: Option<usize>,
     ) -> Self {
         let version = versions.borrow_and_update().clone();
         Transform {
-            config,
+            script: script_version(&version),
             version,
             versions,
-            logged_errors: HashSet::new(),
+            unpublishable: Unpublishable::new(config, max_payload),
             assembler: Assembler::new(),
             events: Vec::new(),
             checkpoint: start,
             confirm: config.publisher.kind != PublisherKind::Stdout || config.publisher.confirm_stdout,
-            max_payload,
-            dead_letter_subject: config.dead_letter_subject(),
         }
     }
 
@@ -317,6 +335,7 @@ impl<'a> Transform<'a> {
             // Between transactions: a new script version takes over here, so every
             // transaction is routed by exactly one version.
             self.version = self.versions.borrow_and_update().clone();
+            self.script = script_version(&self.version);
             tracing::info!(version = self.version.number, script = %self.version.router.name(), "new script version in effect");
         }
         let message = match frame {
@@ -352,76 +371,23 @@ impl<'a> Transform<'a> {
     }
 
     fn route(&mut self, event: Arc<ChangeEvent>, out: &mut Vec<Outbound>) -> Result<(), SessionError> {
-        let routed = match self.version.router.route(&event) {
-            Ok(routed) => routed,
-            Err(error) => return self.event_failed(&event, &error, out),
-        };
-        if routed.is_empty() {
-            metrics::filtered(&event.table);
-        }
-        let mut default_payload: Option<Bytes> = None;
-        let mut messages = Vec::with_capacity(routed.len());
-        for (index, message) in routed.into_iter().enumerate() {
-            let message = publish::envelope(&event, message, index, &mut default_payload);
-            if let Some(limit) = self.max_payload
-                && message.wire_size() > limit
-            {
-                // All or none of an event's messages go out, so a fan-out is never half-published.
-                let error = format!(
-                    "message for {} is {} bytes, more than the NATS server's max_payload of {limit}",
-                    message.subject,
-                    message.wire_size()
-                );
-                return self.event_failed(&event, &error, out);
-            }
-            messages.push(Outbound::Publish(message));
-        }
-        out.extend(messages);
-        Ok(())
-    }
-
-    /// Whether this is the first error for `table` under the running script version.
-    fn first_error(&mut self, table: &str) -> bool {
-        self.logged_errors.insert((self.version.number, table.to_string()))
-    }
-
-    /// An event that cannot be published as routed: `scripts.onError` decides.
-    fn event_failed(
-        &mut self,
-        event: &ChangeEvent,
-        error: &dyn std::fmt::Display,
-        out: &mut Vec<Outbound>,
-    ) -> Result<(), SessionError> {
-        let table = format!("{}.{}", event.schema, event.table);
-        metrics::script_error();
-        match self.config.scripts.on_error {
-            OnError::DeadLetter => {
-                if self.first_error(&table) {
-                    tracing::warn!(script = %self.version.router.name(), version = self.version.number, %table, lsn = %event.commit_lsn, error = %error, subject = %self.dead_letter_subject, "event not publishable; sent to the dead-letter subject (logged once per script version and table)");
-                }
-                let mut letter = publish::dead_letter(event, &self.dead_letter_subject, &error.to_string());
-                if let Some(limit) = self.max_payload
-                    && letter.wire_size() > limit
+        match self.version.router.route(&event) {
+            Ok(routed) if routed.is_empty() => metrics::filtered(&event.table),
+            Ok(routed) => out.push(Outbound::Route {
+                event,
+                routed,
+                script: self.script.clone(),
+            }),
+            Err(error) => {
+                if let Some(letter) = self
+                    .unpublishable
+                    .handle(&event, &error, &self.script)
+                    .map_err(SessionError::Transient)?
                 {
-                    // The event itself is too large to carry: the dead letter says where it is.
-                    letter.payload = Bytes::new();
-                    letter
-                        .headers
-                        .insert("Wal-Error", format!("{error} (payload omitted: too large)").as_str());
+                    out.push(Outbound::Publish(letter));
                 }
-                out.push(Outbound::Publish(letter));
-                Ok(())
             }
-            OnError::Skip => {
-                if self.first_error(&table) {
-                    tracing::warn!(script = %self.version.router.name(), version = self.version.number, %table, lsn = %event.commit_lsn, error = %error, "event not publishable; skipped (logged once per script version and table)");
-                }
-                Ok(())
-            }
-            OnError::Halt => Err(SessionError::Transient(format!(
-                "cannot publish the change at {table} (commit {}, change {}): {error}; publishing halted until it can be (scripts.onError: halt)",
-                event.commit_lsn, event.ordinal
-            ))),
         }
+        Ok(())
     }
 }

@@ -41,3 +41,4 @@ pub mod publish;
 pub mod script;
 pub mod source;
 pub mod telemetry;
+pub mod unpublishable;

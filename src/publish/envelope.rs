@@ -4,7 +4,7 @@
 //! fan-out), `Wal-Lsn` (commit LSN), `Wal-Xid`, `Wal-Schema`, `Wal-Table`, `Wal-Action`,
 //! `Content-Type: application/json` for JSON payloads, then the script's own headers.
 
-use async_nats::HeaderMap;
+use async_nats::{HeaderMap, HeaderName};
 use bytes::Bytes;
 
 use crate::event::{ChangeEvent, json};
@@ -28,13 +28,13 @@ pub fn envelope(event: &ChangeEvent, routed: Routed, index: usize, default_paylo
     let mut headers = base_headers(event, &msg_id);
     let payload = match routed.payload {
         Payload::Event => {
-            headers.insert("Content-Type", "application/json");
+            headers.insert(CONTENT_TYPE, "application/json");
             default_payload
                 .get_or_insert_with(|| Bytes::from(json::payload(event)))
                 .clone()
         }
         Payload::Json(bytes) => {
-            headers.insert("Content-Type", "application/json");
+            headers.insert(CONTENT_TYPE, "application/json");
             Bytes::from(bytes)
         }
         Payload::Raw(bytes) => Bytes::from(bytes),
@@ -54,9 +54,9 @@ pub fn envelope(event: &ChangeEvent, routed: Routed, index: usize, default_paylo
 pub fn dead_letter(event: &ChangeEvent, subject: &str, error: &str) -> OutMessage {
     let msg_id = format!("{}-dlq", event.id().hyphenated());
     let mut headers = base_headers(event, &msg_id);
-    headers.insert("Content-Type", "application/json");
+    headers.insert(CONTENT_TYPE, "application/json");
     // Header values cannot hold line breaks; Lua tracebacks have them.
-    headers.insert("Wal-Error", flat(error).as_str());
+    headers.insert("Wal-Error", &*flat(error));
     OutMessage {
         subject: subject.to_string(),
         headers,
@@ -83,22 +83,38 @@ impl OutMessage {
     }
 }
 
+// Header names built once: parsing a name from text on every message showed up in profiles.
+const NATS_MSG_ID: HeaderName = HeaderName::from_static("Nats-Msg-Id");
+const WAL_LSN: HeaderName = HeaderName::from_static("Wal-Lsn");
+const WAL_XID: HeaderName = HeaderName::from_static("Wal-Xid");
+const WAL_SCHEMA: HeaderName = HeaderName::from_static("Wal-Schema");
+const WAL_TABLE: HeaderName = HeaderName::from_static("Wal-Table");
+const WAL_ACTION: HeaderName = HeaderName::from_static("Wal-Action");
+pub(super) const CONTENT_TYPE: HeaderName = HeaderName::from_static("Content-Type");
+
 fn base_headers(event: &ChangeEvent, msg_id: &str) -> HeaderMap {
     let mut headers = HeaderMap::new();
-    headers.insert("Nats-Msg-Id", msg_id);
-    headers.insert("Wal-Lsn", event.commit_lsn.to_string().as_str());
-    headers.insert("Wal-Xid", event.xid.to_string().as_str());
+    headers.insert(NATS_MSG_ID, msg_id);
+    headers.insert(WAL_LSN, event.commit_lsn.to_string());
+    headers.insert(WAL_XID, event.xid.to_string());
     // Schema and table names may contain line breaks, which a header value cannot (the
     // payload keeps the exact names).
-    headers.insert("Wal-Schema", flat(&event.schema).as_str());
-    headers.insert("Wal-Table", flat(&event.table).as_str());
-    headers.insert("Wal-Action", event.action.as_str());
+    headers.insert(WAL_SCHEMA, &*flat(&event.schema));
+    headers.insert(WAL_TABLE, &*flat(&event.table));
+    headers.insert(WAL_ACTION, event.action.as_str());
     headers
 }
 
 /// `text` with control characters (line breaks above all) replaced by spaces.
-fn flat(text: &str) -> String {
-    text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
+fn flat(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.chars().any(char::is_control) {
+        text.chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect::<String>()
+            .into()
+    } else {
+        text.into()
+    }
 }
 
 #[cfg(test)]

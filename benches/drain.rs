@@ -66,11 +66,15 @@ async fn run() {
     let baseline = time_pg_recvlogical(&pg, &end_lsn);
     let baseline_rate = rows as f64 / baseline.as_secs_f64();
 
-    let (drained, _) = drain(&pg, &nats, &ours, "pub_bench", 1024, rows).await;
+    let window: usize = std::env::var("BENCH_WINDOW")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024);
+    let (drained, _) = drain(&pg, &nats, &ours, "pub_bench", window, rows).await;
     let rate = rows as f64 / drained.as_secs_f64();
     println!("pg_recvlogical (baseline):   {baseline_rate:>9.0} rows/s  ({baseline:.2?})");
     println!(
-        "wal-listener, 1024 in flight: {rate:>9.0} rows/s  ({drained:.2?})  ratio {:.2}",
+        "wal-listener, {window} in flight: {rate:>9.0} rows/s  ({drained:.2?})  ratio {:.2}",
         rate / baseline_rate
     );
 
@@ -154,11 +158,18 @@ async fn drain(
         publication: publication.into(),
         ..clone_setup(setup)
     };
-    setup.extra = format!("scripts:\n  onError: halt\n{}", setup.extra);
-    let yaml = setup
-        .yaml(pg, nats)
-        .replace("level: debug", "level: warn")
-        .replace("  type: nats\n", &format!("  type: nats\n  maxInFlight: {window}\n"));
+    // BENCH_SCRIPT=/path/to/route.lua measures with another routing script.
+    let script = std::env::var("BENCH_SCRIPT")
+        .map(|p| format!("  path: {p}\n"))
+        .unwrap_or_default();
+    setup.extra = format!("scripts:\n  onError: halt\n{script}{}", setup.extra);
+    let yaml = setup.yaml(pg, nats).replace("level: debug", "level: warn").replace(
+        "  type: nats\n",
+        &format!(
+            "  type: {}\n  maxInFlight: {window}\n",
+            std::env::var("BENCH_TYPE").unwrap_or_else(|_| "nats".into())
+        ),
+    );
     let started = Instant::now();
     let mut service = Service::start(&yaml);
     loop {

@@ -1,6 +1,7 @@
 -- The quick start's routing script (./quickstart.sh runs the service with it): the Go
 -- wal-listener's rules for every table, except orders, which fan out by region with a header.
--- Try it without a database:  wal-listener route -c config.yml --event -  (see scripts/README.md)
+-- Try it without a database:
+--   WAL_SCRIPTS_PATH=examples/route.lua wal-listener route -c config.yml --event -
 function route(event)
   if event.table == "orders" and event.action ~= "DELETE" then
     local region = event.data.region or "unknown"

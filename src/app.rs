@@ -21,6 +21,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
@@ -37,8 +38,10 @@ use crate::source::{Frame, PgwireReplication, Replication, SourceError, setup};
 use crate::unpublishable::{ScriptVersion, Unpublishable};
 use crate::{health, metrics};
 
-/// Items buffered between the transform loop and the publisher.
-const CHANNEL: usize = 1024;
+/// Batches buffered between the transform loop and the publisher.
+const CHANNEL: usize = 16;
+/// Replication frames taken in one go (when they have already arrived).
+const BATCH: usize = 256;
 /// How long SIGTERM waits for in-flight acks before giving up on them.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
@@ -174,6 +177,7 @@ async fn session(
     let catalog = Catalog::connect(config).await?;
     transform.assembler.set_types(catalog.registry().await?);
     let mut items = Vec::new();
+    let mut halted = None;
     'stream: loop {
         let frame = tokio::select! {
             biased;
@@ -186,23 +190,40 @@ async fn session(
             }
             frame = repl.recv() => frame?,
         };
-        let Some(frame) = frame else {
-            return Err(SessionError::Transient("the replication stream ended".into()));
-        };
-        transform.frame(frame, &mut items)?;
-        catalog.resolve(&mut transform.assembler).await?;
-        for item in items.drain(..) {
-            tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => break 'stream,
-                sent = tx.send(item) => if sent.is_err() {
-                    return Err(publisher_ended((&mut publisher).await));
-                },
+        let mut next = Some(frame);
+        let mut frames = 0;
+        // Take what has already arrived (up to a batch) before handing it on: one channel send
+        // and one wake-up of the publisher per batch instead of per change.
+        while let Some(frame) = next.take() {
+            let Some(frame) = frame else {
+                return Err(SessionError::Transient("the replication stream ended".into()));
+            };
+            if let Err(e) = transform.frame(frame, &mut items) {
+                // A change that cannot be handled (scripts.onError: halt): what came before it
+                // is still published and confirmed, then the session ends at that change.
+                halted = Some(e);
+                break;
             }
+            catalog.resolve(&mut transform.assembler).await?;
+            frames += 1;
+            if frames < BATCH {
+                next = repl.recv().now_or_never().transpose()?;
+            }
+        }
+        let batch = std::mem::take(&mut items);
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break 'stream,
+            sent = tx.send(batch) => if sent.is_err() {
+                return Err(publisher_ended((&mut publisher).await));
+            },
+        }
+        if halted.is_some() {
+            break 'stream;
         }
     }
 
-    // Shutdown: stop reading, let in-flight acks drain, confirm the final LSN.
+    // Shutdown (or a halt): stop reading, let in-flight acks drain, confirm the final LSN.
     drop(tx);
     match tokio::time::timeout(DRAIN_TIMEOUT, &mut publisher).await {
         Ok(Ok(Ok(()))) => {}
@@ -213,6 +234,9 @@ async fn session(
     repl.confirm(last);
     metrics::confirmed(last);
     repl.flush_confirmation(Duration::from_secs(5)).await;
+    if let Some(error) = halted {
+        return Err(error);
+    }
     tracing::info!(confirmed = %last, "stopped");
     Ok(())
 }
@@ -242,7 +266,7 @@ fn script_version(version: &reload::Version) -> ScriptVersion {
 /// Publish what the transform loop sends, track acks in order, report flushed LSNs.
 async fn publish_loop(
     sink: Sink,
-    mut rx: mpsc::Receiver<Outbound>,
+    mut rx: mpsc::Receiver<Vec<Outbound>>,
     flushed: watch::Sender<Lsn>,
     window: usize,
     mut unpublishable: Unpublishable,
@@ -266,15 +290,23 @@ async fn publish_loop(
                     advanced
                 });
             }
-            item = rx.recv(), if open && !acks.is_full() => match item {
-                Some(Outbound::Route { event, routed, script }) => {
-                    unpublishable.envelopes(&event, routed, &script, &mut messages).map_err(SessionError::Transient)?;
-                    for message in messages.drain(..) {
-                        acks.push_message(sink.send(message).await?);
+            batch = rx.recv(), if open && !acks.is_full() => match batch {
+                Some(batch) => {
+                    for item in batch {
+                        match item {
+                            Outbound::Route { event, routed, script } => {
+                                unpublishable
+                                    .envelopes(&event, routed, &script, &mut messages)
+                                    .map_err(SessionError::Transient)?;
+                                for message in messages.drain(..) {
+                                    acks.push_message(sink.send(message).await?);
+                                }
+                            }
+                            Outbound::Publish(message) => acks.push_message(sink.send(message).await?),
+                            Outbound::Checkpoint(lsn) => acks.push_checkpoint(lsn),
+                        }
                     }
                 }
-                Some(Outbound::Publish(message)) => acks.push_message(sink.send(message).await?),
-                Some(Outbound::Checkpoint(lsn)) => acks.push_checkpoint(lsn),
                 None => open = false,
             },
         }

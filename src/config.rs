@@ -206,6 +206,17 @@ pub enum PublisherKind {
     Stdout,
 }
 
+impl PublisherKind {
+    /// The name used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PublisherKind::Nats => "nats",
+            PublisherKind::NatsCore => "nats-core",
+            PublisherKind::Stdout => "stdout",
+        }
+    }
+}
+
 /// `scripts.*`: the Lua router.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
@@ -579,6 +590,8 @@ enum Kind {
     StrList,
     /// A Go wal-listener key that does not apply here: accepted with a warning.
     Ignored(&'static str),
+    /// One of these strings.
+    Choice(&'static [&'static str]),
     /// Another spelling of the named sibling key (a Go wal-listener name).
     Alias(&'static str),
 }
@@ -615,7 +628,10 @@ const SCHEMA: &[(&str, Kind)] = &[
             ("user", Str),
             ("password", Str),
             ("passwordFile", Str),
-            ("sslMode", Str),
+            (
+                "sslMode",
+                Choice(&["disable", "prefer", "require", "verify-ca", "verify-full"]),
+            ),
             ("sslRootCert", Str),
             ("sslCert", Str),
             ("sslKey", Str),
@@ -625,7 +641,7 @@ const SCHEMA: &[(&str, Kind)] = &[
     (
         "publisher",
         Section(&[
-            ("type", Str),
+            ("type", Choice(&["nats", "nats-core", "stdout"])),
             ("address", Str),
             ("topic", Str),
             ("topicPrefix", Str),
@@ -655,7 +671,7 @@ const SCHEMA: &[(&str, Kind)] = &[
         Section(&[
             ("path", Str),
             ("watch", Bool),
-            ("onError", Str),
+            ("onError", Choice(&["deadLetter", "skip", "halt"])),
             ("deadLetterSubject", Str),
             ("instructionLimit", Int),
             ("memoryLimit", Int),
@@ -663,7 +679,11 @@ const SCHEMA: &[(&str, Kind)] = &[
     ),
     (
         "logger",
-        Section(&[("level", Str), ("fmt", Str), ("caller", Ignored("not supported"))]),
+        Section(&[
+            ("level", Choice(&["debug", "info", "warn", "error"])),
+            ("fmt", Choice(&["json", "text"])),
+            ("caller", Ignored("not supported")),
+        ]),
     ),
     (
         "monitoring",
@@ -767,6 +787,8 @@ fn check_value(value: Value, kind: Kind, path: &str, warnings: &mut Warnings) ->
         (Str, Value::Number(n)) => Ok(Value::String(n.to_string())),
         (Str, Value::Bool(b)) => Ok(Value::String(b.to_string())),
         (Str, Value::Null) => Ok(Value::Null),
+        (Choice(options), Value::String(s)) => choice(path, options, s),
+        (Choice(_), other) => Err(type_error(path, "a string", &other)),
         (Str, other) => Err(type_error(path, "a string", &other)),
         (Int, Value::Number(n)) if n.is_u64() => Ok(Value::Number(n)),
         (Int, Value::String(s)) => parse_int(&s, path),
@@ -820,6 +842,18 @@ fn check_value(value: Value, kind: Kind, path: &str, warnings: &mut Warnings) ->
     }
 }
 
+/// A value from a fixed set, named with the key and the set when it is not one of them.
+fn choice(path: &str, options: &[&str], value: String) -> Result<Value, ConfigError> {
+    if options.contains(&value.as_str()) {
+        Ok(Value::String(value))
+    } else {
+        Err(invalid(format!(
+            "{path} is {value:?}; use one of: {}",
+            options.join(", ")
+        )))
+    }
+}
+
 fn parse_int(s: &str, path: &str) -> Result<Value, ConfigError> {
     s.trim()
         .parse::<u64>()
@@ -858,7 +892,7 @@ fn leaf_keys() -> Vec<(String, Kind)> {
 }
 
 /// Apply one `WAL_*` variable; variables that name no key are left alone (the environment is
-/// shared with other software), except near-misses, which are reported.
+/// shared with other software).
 fn apply_env(tree: &mut Mapping, name: &str, raw: &str) -> Result<(), ConfigError> {
     let leaves = leaf_keys();
     let Some((mut path, mut kind)) = leaves.iter().find(|(path, _)| env_name(path) == name).cloned() else {
@@ -877,6 +911,7 @@ fn apply_env(tree: &mut Mapping, name: &str, raw: &str) -> Result<(), ConfigErro
     let kind = &kind;
     let value = match kind {
         Str => Value::String(raw.to_string()),
+        Choice(options) => choice(name, options, raw.to_string())?,
         Int => parse_int(raw, name)?,
         Bool => parse_bool(raw, name)?,
         Duration => {

@@ -112,7 +112,9 @@ fn wrong_types_name_the_key() {
     );
     assert!(err("listener: [1]\n").contains("listener must be a mapping"));
     assert!(err("listener:\n  filter:\n    tables:\n      users: [upsert]\n").contains("unknown action \"upsert\""));
-    assert!(err("publisher:\n  type: kafka\n").contains("kafka"));
+    assert!(
+        err("publisher:\n  type: kafka\n").contains("publisher.type is \"kafka\"; use one of: nats, nats-core, stdout")
+    );
     assert!(err("scripts:\n  onError: retry\n").contains("retry"));
 }
 

@@ -6,7 +6,7 @@
 //! | starting (before the first session streams) | 200 | 503 |
 //! | standby (another connection holds the slot) | 200 | 503 |
 //! | streaming, NATS connected | 200 | 200 |
-//! | streaming, NATS disconnected (the client is reconnecting) | 503 | 503 |
+//! | streaming, NATS disconnected (the session ends and reconnects) | 503 | 503 |
 //! | reconnecting (a session failed; retrying with backoff) | 503 | 503 |
 //! | stopping (SIGTERM: draining in-flight acks) | 200 | 503 |
 //!

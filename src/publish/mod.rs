@@ -161,7 +161,7 @@ fn publish_error(e: async_nats::jetstream::context::PublishError) -> PublishErro
     match e.kind() {
         K::MaxPayloadExceeded => PublishError::Rejected(format!("message too large for NATS: {text}")),
         K::StreamNotFound => PublishError::Fatal(format!(
-            "JetStream has no stream for the subject ({text}); wal-listener checked the stream at start, so it was deleted or changed while running"
+            "no JetStream stream captures the subject ({text}): a routing script returned a subject outside the stream's subjects (e.g. not under publisher.topic), or the stream was deleted or changed while running; route to subjects under <topic>. or add the subject to a stream"
         )),
         _ => PublishError::Transient(format!("JetStream publish: {text}")),
     }

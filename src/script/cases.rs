@@ -145,7 +145,10 @@ fn overlay_config(base: &Config, overlay: &str) -> Result<Config, String> {
         merged.publisher = over.publisher;
     }
     if has("scripts") {
+        // The cases test the script being checked unless the file names another one.
+        let path = over.scripts.path.clone().or_else(|| base.scripts.path.clone());
         merged.scripts = over.scripts;
+        merged.scripts.path = path;
     }
     Ok(merged)
 }

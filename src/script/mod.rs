@@ -95,18 +95,6 @@ impl Router {
     pub fn new(config: &Config, name: &str, source: &str) -> Result<Router, ScriptError> {
         let modules = config.script_path().and_then(|p| p.parent().map(Path::to_path_buf));
         let lua = sandbox::new_state(config, modules.as_deref()).map_err(|e| ScriptError::Setup(e.to_string()))?;
-        lua.load(source)
-            .set_name(format!("@{name}"))
-            .set_mode(mlua::chunk::ChunkMode::Text)
-            .exec()
-            .map_err(|e| ScriptError::Compile {
-                name: name.to_string(),
-                message: e.to_string(),
-            })?;
-        let route: Function = match lua.globals().get("route") {
-            Ok(Some(f)) => f,
-            _ => return Err(ScriptError::NoRoute { name: name.to_string() }),
-        };
         let ticks_per_call = u32::try_from(config.scripts.instruction_limit.div_ceil(u64::from(HOOK_EVERY)))
             .unwrap_or(u32::MAX)
             .max(1);
@@ -132,6 +120,20 @@ impl Router {
         .map_err(|e| ScriptError::Setup(e.to_string()))?;
         lua.set_memory_limit(usize::try_from(config.scripts.memory_limit).unwrap_or(usize::MAX))
             .map_err(|e| ScriptError::Setup(e.to_string()))?;
+        // The limits are in place before the script's top level runs: a loop or a memory bomb
+        // there must not hang start-up or a reload either.
+        lua.load(source)
+            .set_name(format!("@{name}"))
+            .set_mode(mlua::chunk::ChunkMode::Text)
+            .exec()
+            .map_err(|e| ScriptError::Compile {
+                name: name.to_string(),
+                message: e.to_string(),
+            })?;
+        let route: Function = match lua.globals().get("route") {
+            Ok(Some(f)) => f,
+            _ => return Err(ScriptError::NoRoute { name: name.to_string() }),
+        };
         Ok(Router {
             lua,
             route,
@@ -164,6 +166,8 @@ impl Router {
             let location = at.trim_start_matches(" at ").lines().next().unwrap_or("?").to_string();
             RouteError::InstructionLimit(self.instruction_limit, location)
         } else if matches!(error, mlua::Error::MemoryError(_)) || text.contains("not enough memory") {
+            // Free what the failed call built now, or the next events would fail too.
+            let _ = self.lua.gc_collect();
             RouteError::Memory
         } else {
             RouteError::Runtime(text)

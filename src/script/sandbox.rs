@@ -80,7 +80,7 @@ fn config_view(config: &Config) -> serde_json::Value {
             "topicsMap": config.listener.topics_map,
         },
         "publisher": {
-            "type": format!("{:?}", config.publisher.kind).to_lowercase(),
+            "type": config.publisher.kind.as_str(),
             "topic": config.publisher.topic,
             "topicPrefix": config.publisher.topic_prefix,
         },

@@ -229,3 +229,26 @@ fn require_stays_inside_the_scripts_directory() {
         assert!(err.contains(why), "require({name}): {err}");
     }
 }
+
+#[test]
+fn the_top_level_of_a_script_is_limited_too() {
+    let cfg = config("scripts:\n  instructionLimit: 100000\n  memoryLimit: 8388608\n");
+    let looped = Router::new(&cfg, "loop.lua", "while true do end function route(e) end");
+    assert!(matches!(&looped, Err(ScriptError::Compile { message, .. }) if message.contains("instruction limit")));
+    let bomb = Router::new(
+        &cfg,
+        "bomb.lua",
+        "local t = {} for i = 1, 1e9 do t[i] = string.rep('x', 1024) .. i end",
+    );
+    assert!(bomb.is_err());
+}
+
+#[test]
+fn the_event_after_a_memory_error_is_routed_normally() {
+    let r = custom(
+        "function route(e) if e.table == 'big' then local t = {} for i = 1, 1e9 do t[i] = string.rep('x', 1024) .. i end end return 'ok' end",
+    );
+    assert_eq!(r.route(&event("s", "big", "INSERT")), Err(RouteError::Memory));
+    assert_eq!(subjects(&r, &event("s", "small", "INSERT")), ["ok"]);
+    assert_eq!(subjects(&r, &event("s", "small", "INSERT")), ["ok"]);
+}

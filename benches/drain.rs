@@ -63,6 +63,10 @@ async fn run() {
         started.elapsed()
     );
 
+    let only_big = std::env::var("BENCH_ONLY").is_ok_and(|v| v == "bigtx");
+    if only_big {
+        return big_transaction(&pg, &nats).await;
+    }
     let baseline = time_pg_recvlogical(&pg, &end_lsn);
     let baseline_rate = rows as f64 / baseline.as_secs_f64();
 
@@ -90,7 +94,14 @@ async fn run() {
         rate / one_rate
     );
 
-    // 3: one large transaction.
+    big_transaction(&pg, &nats).await;
+
+    // 4: latency under a steady load.
+    latency(&pg, &nats).await;
+}
+
+/// 3: peak RSS while publishing one 1,000,000-row transaction.
+async fn big_transaction(pg: &PgCluster, nats: &NatsServer) {
     let big = Setup::new("bigtx");
     pg.psql(&format!(
         "SELECT pg_create_logical_replication_slot('{}', 'pgoutput')",
@@ -102,14 +113,11 @@ async fn run() {
     println!("one transaction of 1,000,000 rows written in {:.1?}", started.elapsed());
     let mut big_setup = big;
     big_setup.listener_extra = "  filter:\n    tables:\n      big: [insert]\n".into();
-    let (took, peak_kib) = drain(&pg, &nats, &big_setup, "pub_bench", 1024, 1_000_000).await;
+    let (took, peak_kib) = drain(pg, nats, &big_setup, "pub_bench", 1024, 1_000_000).await;
     println!(
         "1,000,000-row transaction: published in {took:.1?}, peak RSS {:.1} MiB",
         peak_kib as f64 / 1024.0
     );
-
-    // 4: latency under a steady load.
-    latency(&pg, &nats).await;
 }
 
 fn time_pg_recvlogical(pg: &PgCluster, end_lsn: &str) -> Duration {

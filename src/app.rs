@@ -277,19 +277,8 @@ async fn publish_loop(
     while open || !acks.is_empty() {
         tokio::select! {
             biased;
-            _ = sink.lost() => {
-                return Err(SessionError::Transient("the NATS connection was lost; replaying from the last confirmed position".into()));
-            }
-            Some(done) = acks.next(), if !acks.is_empty() => {
-                let Some(lsn) = done? else { continue };
-                flushed.send_if_modified(|current| {
-                    let advanced = lsn > *current;
-                    if advanced {
-                        *current = lsn;
-                    }
-                    advanced
-                });
-            }
+            _ = sink.lost() => return Err(connection_lost()),
+            Some(done) = acks.next(), if !acks.is_empty() => advance(&flushed, done?),
             batch = rx.recv(), if open && !acks.is_full() => match batch {
                 Some(batch) => {
                     for item in batch {
@@ -299,10 +288,14 @@ async fn publish_loop(
                                     .envelopes(&event, routed, &script, &mut messages)
                                     .map_err(SessionError::Transient)?;
                                 for message in messages.drain(..) {
+                                    make_room(&mut acks, &sink, &flushed).await?;
                                     acks.push_message(sink.send(message).await?);
                                 }
                             }
-                            Outbound::Publish(message) => acks.push_message(sink.send(message).await?),
+                            Outbound::Publish(message) => {
+                                make_room(&mut acks, &sink, &flushed).await?;
+                                acks.push_message(sink.send(message).await?);
+                            }
                             Outbound::Checkpoint(lsn) => acks.push_checkpoint(lsn),
                         }
                     }
@@ -313,6 +306,39 @@ async fn publish_loop(
     }
     sink.flush().await?;
     Ok(())
+}
+
+/// Wait for acknowledgements while the window is full, so that at most `maxInFlight`
+/// messages are ever unacknowledged — also inside a batch.
+async fn make_room(
+    acks: &mut AckWindow<PublishError>,
+    sink: &Sink,
+    flushed: &watch::Sender<Lsn>,
+) -> Result<(), SessionError> {
+    while acks.is_full() {
+        tokio::select! {
+            biased;
+            _ = sink.lost() => return Err(connection_lost()),
+            Some(done) = acks.next() => advance(flushed, done?),
+        }
+    }
+    Ok(())
+}
+
+/// A completed window entry: a checkpoint moves the flushed LSN forward.
+fn advance(flushed: &watch::Sender<Lsn>, done: Option<Lsn>) {
+    let Some(lsn) = done else { return };
+    flushed.send_if_modified(|current| {
+        let advanced = lsn > *current;
+        if advanced {
+            *current = lsn;
+        }
+        advanced
+    });
+}
+
+fn connection_lost() -> SessionError {
+    SessionError::Transient("the NATS connection was lost; replaying from the last confirmed position".into())
 }
 
 /// decode → event → script, as plain function calls.

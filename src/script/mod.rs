@@ -152,12 +152,18 @@ impl Router {
     /// Run `route(event)` and interpret what it returns.
     pub fn route(&self, event: &Arc<ChangeEvent>) -> Result<Vec<Routed>, RouteError> {
         self.ticks_left.store(self.ticks_per_call, Ordering::Relaxed);
-        let result = self
+        let ud = self
             .lua
             .create_userdata(handoff::EventData(event.clone()))
-            .and_then(|ud| self.route.call::<MultiValue>(ud));
-        let returned = result.map_err(|e| self.classify(e))?;
-        output::interpret(&self.lua, returned)
+            .map_err(|e| self.classify(e))?;
+        let result = self.route.call::<MultiValue>(&ud).map_err(|e| self.classify(e));
+        let routed = result.and_then(|returned| output::interpret(&self.lua, returned));
+        // The event is valid during the call only. Release it now: Lua sees a few bytes of
+        // userdata and would collect it late, while the event behind it can be kilobytes — a
+        // million-row transaction grew the process by the size of every event (found by the
+        // benchmark's peak-RSS check). A script that kept the event gets an error on access.
+        let _ = ud.destroy();
+        routed
     }
 
     fn classify(&self, error: mlua::Error) -> RouteError {

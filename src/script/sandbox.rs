@@ -23,6 +23,9 @@ use super::WAL_LUA;
 pub(super) fn new_state(config: &Config, modules: Option<&Path>) -> mlua::Result<Lua> {
     let libs = StdLib::STRING | StdLib::TABLE | StdLib::MATH | StdLib::UTF8 | StdLib::COROUTINE | StdLib::OS;
     let lua = Lua::new_with(libs, LuaOptions::default())?;
+    // Every event leaves a little garbage (its userdata, strings); the generational collector
+    // reclaims such young objects cheaply and keeps the heap small.
+    lua.gc_set_mode(mlua::state::GcMode::Generational(mlua::state::GcGenParams::default()));
     let globals = lua.globals();
 
     // os: only the clock and calendar functions.

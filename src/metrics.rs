@@ -14,7 +14,7 @@
 //! | `wal_listener_server_wal_end_lsn` | gauge | | newest server WAL end seen (keepalives and data) |
 //! | `wal_listener_events_in_flight` | gauge | | messages sent and not yet acknowledged |
 //! | `wal_listener_publish_latency_seconds` | histogram | | commit time → PubAck |
-//! | `wal_listener_script_errors_total` | counter | | `route` calls that failed |
+//! | `wal_listener_script_errors_total` | counter | `app`, `table` | events the script failed on (or too large to publish), per table |
 //! | `wal_listener_script_reloads_total` | counter | `result` (`ok`, `error`) | script reloads |
 //! | `wal_listener_reconnects_total` | counter | | sessions ended by a transient failure |
 //! | `wal_listener_ready`, `wal_listener_nats_connected` | gauge | | 1 or 0, as `/ready` and the NATS client see it |
@@ -80,7 +80,7 @@ struct Metrics {
     server_wal_end: Gauge,
     in_flight: Gauge,
     latency: Histogram,
-    script_errors: Counter,
+    script_errors: Family<TableLabels, Counter>,
     script_reloads: Family<ResultLabels, Counter>,
     reconnects: Counter,
     ready: Gauge,
@@ -90,6 +90,7 @@ struct Metrics {
     wal_end_raw: AtomicU64,
     published_series: AtomicUsize,
     filtered_series: AtomicUsize,
+    script_error_series: AtomicUsize,
     overflow_logged: AtomicBool,
 }
 
@@ -109,7 +110,7 @@ impl Metrics {
             in_flight: Gauge::default(),
             // 1 ms … ~65 s.
             latency: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
-            script_errors: Counter::default(),
+            script_errors: Family::default(),
             script_reloads: Family::default(),
             reconnects: Counter::default(),
             ready: Gauge::default(),
@@ -118,6 +119,7 @@ impl Metrics {
             wal_end_raw: AtomicU64::new(0),
             published_series: AtomicUsize::new(0),
             filtered_series: AtomicUsize::new(0),
+            script_error_series: AtomicUsize::new(0),
             overflow_logged: AtomicBool::new(false),
         };
         // Counters get `_total` appended by the encoder.
@@ -277,9 +279,18 @@ pub fn problem(kind: &'static str) {
     METRICS.problematic.get_or_create(&KindLabels { app: APP, kind }).inc();
 }
 
-/// A `route` call failed (whatever `scripts.onError` then does).
-pub fn script_error() {
-    METRICS.script_errors.inc();
+/// An event of `table` could not be published as routed — the script failed on it or a message
+/// was too large — whatever `scripts.onError` then does.
+pub fn script_error(table: &str) {
+    let m = &*METRICS;
+    let labels = TableLabels {
+        app: APP,
+        table: table.to_string(),
+    };
+    m.inc_bounded(&m.script_errors, &m.script_error_series, &labels, || TableLabels {
+        app: APP,
+        table: OTHER.into(),
+    });
     problem("script");
 }
 
@@ -455,5 +466,20 @@ mod tests {
         assert_eq!(seconds_since_commit(now_pg_micros() + 10_000_000), Some(0.0));
         let age = seconds_since_commit(now_pg_micros() - 2_000_000).expect("age");
         assert!((1.9..10.0).contains(&age), "{age}");
+    }
+
+    #[test]
+    fn script_errors_are_counted_per_table() {
+        script_error("unit.failing_table");
+        script_error("unit.failing_table");
+        let text = render();
+        assert_eq!(
+            line(
+                &text,
+                "wal_listener_script_errors_total{app=\"wal-listener\",table=\"unit.failing_table\"}"
+            ),
+            Some("wal_listener_script_errors_total{app=\"wal-listener\",table=\"unit.failing_table\"} 2"),
+            "{text}"
+        );
     }
 }

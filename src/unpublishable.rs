@@ -50,7 +50,7 @@ impl Unpublishable {
         script: &ScriptVersion,
     ) -> Result<Option<OutMessage>, String> {
         let table = format!("{}.{}", event.schema, event.table);
-        metrics::script_error();
+        metrics::script_error(&table);
         let first = self.logged.insert((script.number, table.clone()));
         match self.policy {
             OnError::DeadLetter => {

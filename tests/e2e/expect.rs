@@ -8,9 +8,7 @@ use crate::support::StoredMessage;
 
 pub const DEADLINE: Duration = Duration::from_secs(60);
 
-pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(f)
-}
+pub use crate::support::blocking;
 
 /// JSON numbers compared by value: a float with an integral value below 2^53 becomes that
 /// integer (PostgreSQL's `to_json` prints `1` where we print `1.0`; both are the number one).

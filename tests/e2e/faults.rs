@@ -7,14 +7,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::support::blocking;
 use crate::support::service::{Service, Setup, wait_streaming};
 use crate::support::{NatsServer, PgCluster, wait_until};
 
 const DEADLINE: Duration = Duration::from_secs(90);
-
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(f)
-}
 
 /// Inserts single-row transactions into `load(id)` until stopped, reconnecting when PostgreSQL
 /// goes away. What committed is read back from the table afterwards (a commit whose answer was

@@ -4,15 +4,12 @@
 use std::process::Command;
 use std::time::Duration;
 
+use crate::support::blocking;
 use crate::support::http::{get, sample};
 use crate::support::service::{Service, Setup, check_connect, confirmed_flush, wait_streaming};
 use crate::support::{NatsServer, PgCluster, free_port, wait_for_sync, wait_until_sync};
 
 const DEADLINE: Duration = Duration::from_secs(60);
-
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(f)
-}
 
 /// Wait until `path` answers with `status`; returns the body.
 fn wait_status(port: u16, path: &str, status: u16, service: &mut Service) -> String {

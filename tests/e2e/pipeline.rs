@@ -5,14 +5,11 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use crate::support::blocking;
 use crate::support::service::{Service, Setup, confirmed_flush, parse_lsn, wait_streaming};
 use crate::support::{NatsServer, PgCluster, StoredMessage, wait_until_sync};
 
 const DEADLINE: Duration = Duration::from_secs(60);
-
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(f)
-}
 
 /// Payload without the fields that vary per run (checked separately).
 fn stable(m: &StoredMessage) -> serde_json::Value {

@@ -5,14 +5,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use crate::support::blocking;
 use crate::support::service::{Service, Setup, wait_streaming};
 use crate::support::{NatsServer, PgCluster, StoredMessage, wait_until, wait_until_sync};
 
 const DEADLINE: Duration = Duration::from_secs(60);
-
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(f)
-}
 
 fn scripted(setup: &mut Setup, on_error: &str) {
     setup.extra = format!("scripts:\n  path: route.lua\n  onError: {on_error}\n");

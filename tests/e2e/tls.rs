@@ -5,15 +5,12 @@
 use std::path::Path;
 use std::time::Duration;
 
+use crate::support::blocking;
 use crate::support::certs::TestCa;
 use crate::support::service::{Service, check_connect, wait_streaming};
 use crate::support::{NatsServer, PgCluster, wait_for};
 
 const DEADLINE: Duration = Duration::from_secs(60);
-
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(f)
-}
 
 /// A config streaming every table of `pg` into `topic` on `nats_url`; `database` and
 /// `publisher` hold extra indented lines for those sections.

@@ -24,6 +24,12 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
+/// Run blocking harness calls (starting, stopping servers) from a multi-threaded tokio test
+/// without stalling the runtime.
+pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
 /// A TCP port on 127.0.0.1 that was free a moment ago (bind to port 0, read
 /// the port, drop the listener). Never hands out the same port twice within
 /// one test process, so parallel tests in one binary cannot collide; the

@@ -66,6 +66,14 @@ pub enum RouteError {
     Memory,
 }
 
+/// Which limits a [`Router`] enforces.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub instructions: bool,
+    pub memory: bool,
+}
+
 /// The compiled routing script.
 pub struct Router {
     lua: Lua,
@@ -93,6 +101,21 @@ impl Router {
 
     /// Compile `source` (named `name` in error messages) as the entry script.
     pub fn new(config: &Config, name: &str, source: &str) -> Result<Router, ScriptError> {
+        Router::with_limits(
+            config,
+            name,
+            source,
+            Limits {
+                instructions: true,
+                memory: true,
+            },
+        )
+    }
+
+    /// [`Router::new`] with limits switched off, for measuring what they cost
+    /// (`cargo bench --bench route`); the service always runs with both.
+    #[doc(hidden)]
+    pub fn with_limits(config: &Config, name: &str, source: &str, limits: Limits) -> Result<Router, ScriptError> {
         let modules = config.script_path().and_then(|p| p.parent().map(Path::to_path_buf));
         let lua = sandbox::new_state(config, modules.as_deref()).map_err(|e| ScriptError::Setup(e.to_string()))?;
         let ticks_per_call = u32::try_from(config.scripts.instruction_limit.div_ceil(u64::from(HOOK_EVERY)))
@@ -100,26 +123,30 @@ impl Router {
             .max(1);
         let ticks_left = Arc::new(AtomicU32::new(ticks_per_call));
         let hook_ticks = ticks_left.clone();
-        lua.set_hook(
-            mlua::HookTriggers::new().every_nth_instruction(HOOK_EVERY),
-            move |_, debug| {
-                if hook_ticks.fetch_sub(1, Ordering::Relaxed) <= 1 {
-                    let source = debug.source();
-                    let file = source.short_src.as_deref().unwrap_or("?").to_string();
-                    let line = debug
-                        .current_line()
-                        .map(|l| l.to_string())
-                        .unwrap_or_else(|| "?".into());
-                    return Err(mlua::Error::RuntimeError(format!(
-                        "{INSTRUCTION_LIMIT_MARK} at {file}:{line}"
-                    )));
-                }
-                Ok(mlua::VmState::Continue)
-            },
-        )
+        let hook = if limits.instructions {
+            mlua::HookTriggers::new().every_nth_instruction(HOOK_EVERY)
+        } else {
+            mlua::HookTriggers::new()
+        };
+        lua.set_hook(hook, move |_, debug| {
+            if hook_ticks.fetch_sub(1, Ordering::Relaxed) <= 1 {
+                let source = debug.source();
+                let file = source.short_src.as_deref().unwrap_or("?").to_string();
+                let line = debug
+                    .current_line()
+                    .map(|l| l.to_string())
+                    .unwrap_or_else(|| "?".into());
+                return Err(mlua::Error::RuntimeError(format!(
+                    "{INSTRUCTION_LIMIT_MARK} at {file}:{line}"
+                )));
+            }
+            Ok(mlua::VmState::Continue)
+        })
         .map_err(|e| ScriptError::Setup(e.to_string()))?;
-        lua.set_memory_limit(usize::try_from(config.scripts.memory_limit).unwrap_or(usize::MAX))
-            .map_err(|e| ScriptError::Setup(e.to_string()))?;
+        if limits.memory {
+            lua.set_memory_limit(usize::try_from(config.scripts.memory_limit).unwrap_or(usize::MAX))
+                .map_err(|e| ScriptError::Setup(e.to_string()))?;
+        }
         // The limits are in place before the script's top level runs: a loop or a memory bomb
         // there must not hang start-up or a reload either.
         lua.load(source)

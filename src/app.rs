@@ -8,8 +8,14 @@
 //!
 //! Decoding, event assembly and routing are synchronous, microsecond-sized steps, so they run
 //! as function calls in one task (the *transform* loop) rather than as tasks joined by
-//! channels: a channel hop would cost more than the work. Publishing runs in its own task so
-//! acks can be awaited while the next changes are decoded.
+//! channels: a channel hop would cost more than the work. The loop takes the frames that have
+//! already arrived (up to [`BATCH`]) and hands the routed events on as one batch. Publishing
+//! runs in its own task — building each message's headers and JSON payload there, off the
+//! transform loop's thread — so acks are awaited while the next changes are decoded. At most
+//! `publisher.maxInFlight` messages are unacknowledged at any time.
+//!
+//! `scripts.onError: halt` ends a session like a shutdown does: what came before the failed
+//! change is published and confirmed, then the session stops at that change and is retried.
 //!
 //! A *session* is one replication connection plus one NATS connection. Any transient failure
 //! — PostgreSQL or NATS unreachable, restarted, a lost ack — ends the session; everything in

@@ -96,15 +96,7 @@ fn check_runs_the_script_test_cases_and_fails_on_a_wrong_expectation() {
     std::fs::write(dir.path().join("cases/users.json"), case("a.users")).expect("write");
     let config = dir.path().join("config.yml");
     std::fs::write(&config, "scripts:\n  path: route.lua\n").expect("write");
-    let run = || {
-        let out = Command::new(env!("CARGO_BIN_EXE_wal-listener"))
-            .arg("check")
-            .arg("-c")
-            .arg(&config)
-            .output()
-            .expect("run");
-        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
-    };
+    let run = || check_file(&config);
     let (code, out) = run();
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("ok: 1 script test cases passed"), "{out}");
@@ -128,15 +120,20 @@ fn every_shipped_example_passes_check() {
             continue;
         }
         let config = dir.join("config.yml");
-        let out = Command::new(env!("CARGO_BIN_EXE_wal-listener"))
-            .arg("check")
-            .arg("-c")
-            .arg(&config)
-            .output()
-            .expect("run");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{}: {stdout}", config.display());
+        let (code, stdout) = check_file(&config);
+        assert_eq!(code, Some(0), "{}: {stdout}", config.display());
         checked += 1;
     }
     assert!(checked >= 7, "only {checked} examples");
+}
+
+/// `wal-listener check -c <config>`: exit code and standard output.
+fn check_file(config: &std::path::Path) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_wal-listener"))
+        .arg("check")
+        .arg("-c")
+        .arg(config)
+        .output()
+        .expect("run");
+    (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
 }

@@ -61,12 +61,18 @@ local table_subjects = {}   -- schema -> table -> subject
 local message_subjects = {} -- prefix -> subject
 local table_actions = {}    -- schema -> table -> { ACTION = true } (merged bare + qualified)
 
-local function table_subject(schema, tbl)
-  local by_schema = table_subjects[schema]
+-- The inner table of a two-level cache, created on first use.
+local function per_schema(cache, schema)
+  local by_schema = cache[schema]
   if by_schema == nil then
     by_schema = {}
-    table_subjects[schema] = by_schema
+    cache[schema] = by_schema
   end
+  return by_schema
+end
+
+local function table_subject(schema, tbl)
+  local by_schema = per_schema(table_subjects, schema)
   local subject = by_schema[tbl]
   if subject == nil then
     local mapped = topics_map[schema .. "_" .. tbl]
@@ -93,11 +99,7 @@ local function table_allowed(schema, tbl, action)
   if filter == nil then
     return true
   end
-  local by_schema = table_actions[schema]
-  if by_schema == nil then
-    by_schema = {}
-    table_actions[schema] = by_schema
-  end
+  local by_schema = per_schema(table_actions, schema)
   local actions = by_schema[tbl]
   if actions == nil then
     actions = {}

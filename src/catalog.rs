@@ -76,6 +76,10 @@ impl Catalog {
     /// with a short backoff. Only after [`VISIBILITY_WAIT`] is it taken as dropped since and
     /// mapped to text.
     pub async fn resolve(&self, assembler: &mut Assembler) -> Result<(), SourceError> {
+        // Called after every frame: the common case (nothing missing) must cost nothing.
+        if assembler.missing_types().is_empty() {
+            return Ok(());
+        }
         let deadline = Instant::now() + VISIBILITY_WAIT;
         let mut pause = Duration::from_millis(5);
         loop {

@@ -264,11 +264,16 @@ pub fn server_wal_end(lsn: Lsn) {
 /// The routing script dropped an event of `table`.
 pub fn filtered(table: &str) {
     let m = &*METRICS;
+    inc_table(&m.filtered, &m.filtered_series, table);
+}
+
+/// Count one event of `table` in a per-table family, folding tables past the cap into `_other`.
+fn inc_table(family: &Family<TableLabels, Counter>, series: &AtomicUsize, table: &str) {
     let labels = TableLabels {
         app: APP,
         table: table.to_string(),
     };
-    m.inc_bounded(&m.filtered, &m.filtered_series, &labels, || TableLabels {
+    METRICS.inc_bounded(family, series, &labels, || TableLabels {
         app: APP,
         table: OTHER.into(),
     });
@@ -283,14 +288,7 @@ pub fn problem(kind: &'static str) {
 /// was too large — whatever `scripts.onError` then does.
 pub fn script_error(table: &str) {
     let m = &*METRICS;
-    let labels = TableLabels {
-        app: APP,
-        table: table.to_string(),
-    };
-    m.inc_bounded(&m.script_errors, &m.script_error_series, &labels, || TableLabels {
-        app: APP,
-        table: OTHER.into(),
-    });
+    inc_table(&m.script_errors, &m.script_error_series, table);
     problem("script");
 }
 

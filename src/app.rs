@@ -1,9 +1,9 @@
 //! The composition root: builds each stage, wires the bounded channels, owns shutdown.
 //!
 //! ```text
-//! source ──Frame──▶ decode ─▶ event ─▶ script ──Outbound──▶ publish ──ack future──▶ ack window
-//!   ▲                  (one task: plain function calls)      (bounded mpsc)          │
-//!   └──────────── confirm(flushed LSN) ◀── watch ◀── flushed LSN, in commit order ◀───┘
+//! source ──Frame──▶ decode ─▶ event ─▶ script ──Outbound──▶ publish ──PubAck──▶ ack window
+//!   ▲                  (one task: plain function calls)      (bounded mpsc)   (inbox)  │
+//!   └──────────── confirm(flushed LSN) ◀── watch ◀── flushed LSN, in commit order ◀────┘
 //! ```
 //!
 //! Decoding, event assembly and routing are synchronous, microsecond-sized steps, so they run
@@ -38,7 +38,7 @@ use crate::config::{Config, PublisherKind};
 use crate::decode;
 use crate::event::{Assembler, ChangeEvent, Item};
 use crate::lsn::Lsn;
-use crate::publish::{OutMessage, PublishError, Sink};
+use crate::publish::{ACK_TIMEOUT, Ack, AckReplies, OutMessage, PublishError, Sent, Sink};
 use crate::script::{Routed, reload};
 use crate::source::{Frame, PgwireReplication, Replication, SourceError, setup};
 use crate::unpublishable::{ScriptVersion, Unpublishable};
@@ -164,7 +164,7 @@ async fn session(
         health::standby(&config.listener.slot_name);
         return Err(SessionError::Standby("the slot is active on another connection".into()));
     }
-    let sink = Sink::connect(config).await?;
+    let (sink, replies) = Sink::connect(config).await?;
     let max_payload = sink.max_payload();
     let mut repl = PgwireReplication::start(config, slot.confirmed_flush).await?;
     tracing::info!(slot = %config.listener.slot_name, from = %slot.confirmed_flush, "streaming changes");
@@ -175,7 +175,8 @@ async fn session(
     let (flushed_tx, mut flushed_rx) = watch::channel(slot.confirmed_flush);
     let window = config.publisher.max_in_flight;
     let unpublishable = Unpublishable::new(config, max_payload);
-    let mut publisher = AbortOnDropHandle::new(tokio::spawn(publish_loop(sink, rx, flushed_tx, window, unpublishable)));
+    let publisher = Publisher::new(sink, replies, flushed_tx, window);
+    let mut publisher = AbortOnDropHandle::new(tokio::spawn(publish_loop(publisher, rx, unpublishable)));
 
     let mut transform = Transform::new(config, versions, slot.confirmed_flush, max_payload);
     // Domains, arrays and user types need pg_type (crate::catalog); new ones are looked up
@@ -271,21 +272,17 @@ fn script_version(version: &reload::Version) -> ScriptVersion {
 
 /// Publish what the transform loop sends, track acks in order, report flushed LSNs.
 async fn publish_loop(
-    sink: Sink,
+    mut publisher: Publisher,
     mut rx: mpsc::Receiver<Vec<Outbound>>,
-    flushed: watch::Sender<Lsn>,
-    window: usize,
     mut unpublishable: Unpublishable,
 ) -> Result<(), SessionError> {
-    let mut acks = AckWindow::<PublishError>::new(window);
     let mut messages = Vec::new();
     let mut open = true;
-    while open || !acks.is_empty() {
+    while open || !publisher.window.is_empty() {
         tokio::select! {
             biased;
-            _ = sink.lost() => return Err(connection_lost()),
-            Some(done) = acks.next(), if !acks.is_empty() => advance(&flushed, done?),
-            batch = rx.recv(), if open && !acks.is_full() => match batch {
+            waited = publisher.wait() => waited?,
+            batch = rx.recv(), if open && !publisher.window.is_full() => match batch {
                 Some(batch) => {
                     for item in batch {
                         match item {
@@ -294,53 +291,120 @@ async fn publish_loop(
                                     .envelopes(&event, routed, &script, &mut messages)
                                     .map_err(SessionError::Transient)?;
                                 for message in messages.drain(..) {
-                                    make_room(&mut acks, &sink, &flushed).await?;
-                                    acks.push_message(sink.send(message).await?);
+                                    publisher.send(message, &event.table).await?;
                                 }
                             }
                             Outbound::Publish(message) => {
-                                make_room(&mut acks, &sink, &flushed).await?;
-                                acks.push_message(sink.send(message).await?);
+                                let table = message.headers.get("Wal-Table").map(|v| v.to_string()).unwrap_or_default();
+                                publisher.send(message, &table).await?;
                             }
-                            Outbound::Checkpoint(lsn) => acks.push_checkpoint(lsn),
+                            Outbound::Checkpoint(lsn) => publisher.window.push_checkpoint(lsn),
                         }
                     }
+                    publisher.release();
                 }
                 None => open = false,
             },
         }
     }
-    sink.flush().await?;
+    publisher.sink.flush().await?;
     Ok(())
 }
 
-/// Wait for acknowledgements while the window is full, so that at most `maxInFlight`
-/// messages are ever unacknowledged — also inside a batch.
-async fn make_room(
-    acks: &mut AckWindow<PublishError>,
-    sink: &Sink,
-    flushed: &watch::Sender<Lsn>,
-) -> Result<(), SessionError> {
-    while acks.is_full() {
-        tokio::select! {
-            biased;
-            _ = sink.lost() => return Err(connection_lost()),
-            Some(done) = acks.next() => advance(flushed, done?),
+/// The sending end of a session: the sink, its acknowledgements, and the window that turns
+/// them into flushed LSNs.
+struct Publisher {
+    sink: Sink,
+    replies: AckReplies,
+    window: AckWindow<metrics::Delivery>,
+    counters: metrics::PublishedCounters,
+    flushed: watch::Sender<Lsn>,
+    /// When the window last moved (or started to wait): no ack for [`ACK_TIMEOUT`] while
+    /// messages are in flight means the connection is not working.
+    progress: Instant,
+    stall_check: tokio::time::Interval,
+}
+
+impl Publisher {
+    fn new(sink: Sink, replies: AckReplies, flushed: watch::Sender<Lsn>, window: usize) -> Self {
+        Publisher {
+            sink,
+            replies,
+            window: AckWindow::new(window),
+            counters: metrics::PublishedCounters::default(),
+            flushed,
+            progress: Instant::now(),
+            stall_check: tokio::time::interval(Duration::from_secs(1)),
         }
     }
-    Ok(())
-}
 
-/// A completed window entry: a checkpoint moves the flushed LSN forward.
-fn advance(flushed: &watch::Sender<Lsn>, done: Option<Lsn>) {
-    let Some(lsn) = done else { return };
-    flushed.send_if_modified(|current| {
-        let advanced = lsn > *current;
-        if advanced {
-            *current = lsn;
+    /// Send one message, first waiting for acknowledgements while the window is full, so that
+    /// at most `maxInFlight` messages are ever unacknowledged — also inside a batch.
+    async fn send(&mut self, message: OutMessage, table: &str) -> Result<(), SessionError> {
+        while self.window.is_full() {
+            self.wait().await?;
         }
-        advanced
-    });
+        if self.window.is_empty() {
+            self.progress = Instant::now();
+        }
+        let delivery = self.counters.start(&message.subject, table, message.commit_time);
+        let seq = self.window.push_message(delivery);
+        if self.sink.send(message, seq).await? == Sent::Done {
+            self.window.ack(seq);
+            self.release();
+        }
+        Ok(())
+    }
+
+    /// Wait for acknowledgements (taking every one that has arrived) or a failure: a lost
+    /// connection, a refused message, or no ack for [`ACK_TIMEOUT`] while messages wait.
+    async fn wait(&mut self) -> Result<(), SessionError> {
+        tokio::select! {
+            biased;
+            _ = self.sink.lost() => return Err(connection_lost()),
+            ack = self.replies.next() => {
+                self.ack(ack)?;
+                while let Some(ack) = self.replies.try_next() {
+                    self.ack(ack)?;
+                }
+                self.progress = Instant::now();
+                self.release();
+            }
+            _ = self.stall_check.tick() => {
+                if !self.window.is_empty() && self.progress.elapsed() > ACK_TIMEOUT {
+                    return Err(SessionError::Transient(format!(
+                        "JetStream acknowledged nothing for {ACK_TIMEOUT:?} with {} messages in flight; replaying from the last confirmed position",
+                        self.window.in_flight()
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn ack(&mut self, ack: Result<Ack, PublishError>) -> Result<(), SessionError> {
+        let ack = ack?;
+        if let Err(e) = ack.outcome {
+            metrics::problem("publish");
+            return Err(e.into());
+        }
+        self.window.ack(ack.seq);
+        Ok(())
+    }
+
+    /// Count what is acknowledged in order and move the flushed LSN forward.
+    fn release(&mut self) {
+        let Some(lsn) = self.window.release(metrics::Delivery::acknowledged) else {
+            return;
+        };
+        self.flushed.send_if_modified(|current| {
+            let advanced = lsn > *current;
+            if advanced {
+                *current = lsn;
+            }
+            advanced
+        });
+    }
 }
 
 fn connection_lost() -> SessionError {

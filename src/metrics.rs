@@ -23,7 +23,7 @@
 //! subject per customer), so each labelled family keeps at most [`MAX_SERIES`] label sets;
 //! further ones are counted under `_other` (and that is logged once).
 
-use std::future::Future;
+use std::collections::HashMap;
 use std::sync::LazyLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -198,8 +198,7 @@ impl Metrics {
         Metrics { registry, ..m }
     }
 
-    /// Increment `labels`' counter in `family`, or the `_other` one once the family holds
-    /// [`MAX_SERIES`] label sets (`series` counts them; a race may let it overshoot by a few).
+    /// Increment `labels`' counter in `family` (see [`Metrics::bounded_counter`]).
     fn inc_bounded<S: Clone + std::hash::Hash + Eq>(
         &self,
         family: &Family<S, Counter>,
@@ -207,13 +206,23 @@ impl Metrics {
         labels: &S,
         other: impl FnOnce() -> S,
     ) {
+        self.bounded_counter(family, series, labels, other).inc();
+    }
+
+    /// `labels`' counter in `family`, or the `_other` one once the family holds
+    /// [`MAX_SERIES`] label sets (`series` counts them; a race may let it overshoot by a few).
+    fn bounded_counter<S: Clone + std::hash::Hash + Eq>(
+        &self,
+        family: &Family<S, Counter>,
+        series: &AtomicUsize,
+        labels: &S,
+        other: impl FnOnce() -> S,
+    ) -> Counter {
         if let Some(counter) = family.get(labels) {
-            counter.inc();
-            return;
+            return counter.clone();
         }
         if series.fetch_add(1, Ordering::Relaxed) < MAX_SERIES {
-            family.get_or_create(labels).inc();
-            return;
+            return family.get_or_create(labels).clone();
         }
         if !self.overflow_logged.swap(true, Ordering::Relaxed) {
             tracing::warn!(
@@ -221,7 +230,7 @@ impl Metrics {
                 "a metric has more label values than the limit; further ones are counted as {OTHER:?} (do scripts put ids in subjects?)"
             );
         }
-        family.get_or_create(&other()).inc();
+        family.get_or_create(&other()).clone()
     }
 }
 
@@ -303,53 +312,69 @@ pub fn reconnect() {
     METRICS.reconnects.inc();
 }
 
-/// One message on its way to JetStream: in flight from [`Publishing::start`] until its ack
-/// resolves or is abandoned (a session that ends drops its pending acks).
-pub struct Publishing {
-    subject: String,
-    table: String,
+/// Handles on `published_events_total`'s counters by subject and table, so counting a
+/// published message needs no label strings and no family lookup. One per publisher; bounded
+/// like the family (a script that puts ids in subjects would otherwise grow it forever).
+#[derive(Default)]
+pub struct PublishedCounters {
+    by_subject: HashMap<String, HashMap<String, Counter>>,
+    entries: usize,
+}
+
+impl PublishedCounters {
+    /// Start tracking a message to `subject` from a change of `table` committed at
+    /// `commit_time` (PostgreSQL epoch microseconds): in flight until acknowledged or dropped.
+    pub fn start(&mut self, subject: &str, table: &str, commit_time: i64) -> Delivery {
+        METRICS.in_flight.inc();
+        let counter = match self.by_subject.get(subject).and_then(|t| t.get(table)) {
+            Some(counter) => counter.clone(),
+            None => {
+                if self.entries >= 2 * MAX_SERIES {
+                    self.by_subject.clear();
+                    self.entries = 0;
+                }
+                let m = &*METRICS;
+                let labels = PublishedLabels {
+                    app: APP,
+                    subject: subject.to_string(),
+                    table: table.to_string(),
+                };
+                let counter = m.bounded_counter(&m.published, &m.published_series, &labels, || PublishedLabels {
+                    app: APP,
+                    subject: OTHER.into(),
+                    table: OTHER.into(),
+                });
+                self.entries += 1;
+                self.by_subject
+                    .entry(subject.to_string())
+                    .or_default()
+                    .insert(table.to_string(), counter.clone());
+                counter
+            }
+        };
+        Delivery {
+            counter,
+            commit_time,
+            _in_flight: InFlight,
+        }
+    }
+}
+
+/// One message on its way: in flight from [`PublishedCounters::start`] until
+/// [`Delivery::acknowledged`] counts it, or until it is dropped (abandoned, not counted).
+pub struct Delivery {
+    counter: Counter,
     /// Commit time, microseconds since 2000-01-01 UTC.
     commit_time: i64,
     _in_flight: InFlight,
 }
 
-impl Publishing {
-    /// Start tracking a message to `subject` from a change of `table` committed at
-    /// `commit_time` (PostgreSQL epoch microseconds).
-    pub fn start(subject: &str, table: &str, commit_time: i64) -> Publishing {
-        METRICS.in_flight.inc();
-        Publishing {
-            subject: subject.to_string(),
-            table: table.to_string(),
-            commit_time,
-            _in_flight: InFlight,
-        }
-    }
-
-    /// Wrap the message's ack future so that its outcome is counted when it resolves.
-    pub async fn track<E>(self, ack: impl Future<Output = Result<(), E>>) -> Result<(), E> {
-        let result = ack.await;
-        match &result {
-            Ok(()) => self.acknowledged(),
-            Err(_) => problem("publish"),
-        }
-        result
-    }
-
-    fn acknowledged(&self) {
-        let m = &*METRICS;
-        let labels = PublishedLabels {
-            app: APP,
-            subject: self.subject.clone(),
-            table: self.table.clone(),
-        };
-        m.inc_bounded(&m.published, &m.published_series, &labels, || PublishedLabels {
-            app: APP,
-            subject: OTHER.into(),
-            table: OTHER.into(),
-        });
+impl Delivery {
+    /// The message was stored: count it and its commit → ack latency.
+    pub fn acknowledged(self) {
+        self.counter.inc();
         if let Some(seconds) = seconds_since_commit(self.commit_time) {
-            m.latency.observe(seconds);
+            METRICS.latency.observe(seconds);
         }
     }
 }
@@ -384,15 +409,16 @@ mod tests {
         text.lines().find(|l| l.starts_with(prefix))
     }
 
-    #[tokio::test]
-    async fn an_acknowledged_message_is_counted_with_its_labels_and_latency() {
-        let tracked = Publishing::start("unit.acked_subject", "acked_table", now_pg_micros() - 250_000);
+    #[test]
+    fn an_acknowledged_message_is_counted_with_its_labels_and_latency() {
+        let mut counters = PublishedCounters::default();
+        let tracked = counters.start("unit.acked_subject", "acked_table", now_pg_micros() - 250_000);
         let text = render();
         assert!(
             line(&text, "wal_listener_events_in_flight ").is_some_and(|l| l != "wal_listener_events_in_flight 0"),
             "{text}"
         );
-        tracked.track(async { Ok::<(), ()>(()) }).await.expect("ok");
+        tracked.acknowledged();
         let text = render();
         assert_eq!(
             line(
@@ -414,18 +440,37 @@ mod tests {
         assert!(bucket("0.512") > bucket("0.128"), "{text}");
     }
 
-    #[tokio::test]
-    async fn a_failed_or_abandoned_message_is_not_counted_as_published() {
-        let tracked = Publishing::start("unit.failed_subject", "t", 0);
-        assert!(tracked.track(async { Err::<(), &str>("nope") }).await.is_err());
-        drop(Publishing::start("unit.abandoned_subject", "t", 0));
+    #[test]
+    fn an_abandoned_message_is_not_counted_as_published() {
+        let mut counters = PublishedCounters::default();
+        drop(counters.start("unit.abandoned_subject", "t", 0));
         let text = render();
         assert!(
-            !text.contains("unit.failed_subject") && !text.contains("unit.abandoned_subject"),
+            line(
+                &text,
+                "published_events_total{app=\"wal-listener\",subject=\"unit.abandoned_subject\""
+            )
+            .is_some_and(|l| l.ends_with(" 0")),
             "{text}"
         );
-        assert!(
-            line(&text, "problematic_events_total{app=\"wal-listener\",kind=\"publish\"}").is_some(),
+    }
+
+    #[test]
+    fn counters_are_shared_between_publishers_and_cached() {
+        let mut a = PublishedCounters::default();
+        let mut b = PublishedCounters::default();
+        a.start("unit.shared", "t1", 0).acknowledged();
+        a.start("unit.shared", "t1", 0).acknowledged();
+        b.start("unit.shared", "t1", 0).acknowledged();
+        a.start("unit.shared", "t2", 0).acknowledged();
+        assert_eq!(a.entries, 2);
+        let text = render();
+        assert_eq!(
+            line(
+                &text,
+                "published_events_total{app=\"wal-listener\",subject=\"unit.shared\",table=\"t1\"}"
+            ),
+            Some("published_events_total{app=\"wal-listener\",subject=\"unit.shared\",table=\"t1\"} 3"),
             "{text}"
         );
     }

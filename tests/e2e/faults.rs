@@ -168,6 +168,46 @@ async fn a_nats_outage_under_load_loses_and_duplicates_nothing() {
     blocking(|| service.terminate());
 }
 
+/// A server that keeps the connection open but answers nothing (SIGSTOP: a hung broker, a
+/// partition the TCP stack does not notice) must not stall the pipeline forever: after the ack
+/// timeout the session is abandoned and replayed, and once the server answers again every row
+/// arrives exactly once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_nats_server_is_given_up_on_and_replayed_exactly_once() {
+    let (pg, nats) = blocking(|| (PgCluster::start(), NatsServer::start()));
+    let setup = Setup::new("natsfrozen");
+    Load::create_table(&pg);
+    let mut service = Service::start(&setup.yaml(&pg, &nats));
+    blocking(|| wait_streaming(&pg, &setup.slot, &mut service));
+    let load = Load::start(&pg);
+    wait_for_growth(&nats, &setup.topic, 200).await;
+    nats.signal("STOP");
+    let frozen = Instant::now();
+    let gave_up = loop {
+        let log = service.log();
+        if log.contains("JetStream acknowledged nothing for 10s") {
+            break frozen.elapsed();
+        }
+        assert!(
+            service.is_running(),
+            "a frozen NATS must not end the process; log:\n{log}"
+        );
+        assert!(
+            frozen.elapsed() < DEADLINE,
+            "never gave up on the frozen server; log:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(gave_up >= Duration::from_secs(9), "gave up after {gave_up:?}");
+    nats.signal("CONT");
+    let before = nats.stream_len(&setup.topic).await.unwrap_or(0);
+    wait_for_growth(&nats, &setup.topic, before + 200).await;
+    load.finish().await;
+    assert_exactly_once(&pg, &nats, &setup).await;
+    assert!(service.is_running());
+    blocking(|| service.terminate());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_restart_under_load_loses_and_duplicates_nothing() {
     let (mut pg, nats) = blocking(|| (PgCluster::start(), NatsServer::start()));

@@ -130,6 +130,38 @@ async fn a_reload_under_load_switches_between_transactions_and_loses_nothing() {
     blocking(|| service.terminate());
 }
 
+/// JetStream answers "no responders" for a subject no stream captures: that is a routing
+/// mistake an operator must fix, so the process stops with a message saying so — and the
+/// change is not confirmed, so nothing is lost once the script is fixed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subject_outside_every_stream_stops_the_process_without_confirming_the_change() {
+    let (pg, nats) = blocking(|| (PgCluster::start(), NatsServer::start()));
+    pg.psql("CREATE TABLE t (id int4 PRIMARY KEY)");
+    let mut setup = Setup::new("nostream");
+    scripted(&mut setup, "deadLetter");
+    let topic = setup.topic.clone();
+    let script = format!("function route(e) if e.data.id == 2 then return 'elsewhere.x' end return '{topic}.t' end");
+    let mut service = Service::start_with_files(&setup.yaml(&pg, &nats), &[("route.lua", &script)]);
+    blocking(|| wait_streaming(&pg, &setup.slot, &mut service));
+    pg.psql("INSERT INTO t VALUES (1)");
+    nats.wait_for_messages(&topic, 1, Duration::from_secs(60)).await;
+    let before = crate::support::service::parse_lsn(&pg.psql("SELECT pg_current_wal_lsn()"));
+    pg.psql("INSERT INTO t VALUES (2)");
+    let status = blocking(|| service.wait_exit(Duration::from_secs(60)));
+    let log = service.log();
+    assert_eq!(status.code(), Some(1), "log:\n{log}");
+    let last = log.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("wal-listener: no JetStream stream captures the subject of a published message"),
+        "{last}"
+    );
+    let confirmed = blocking(|| crate::support::service::confirmed_flush(&pg, &setup.slot));
+    assert!(
+        confirmed <= before,
+        "the unpublished change was confirmed: {confirmed:X} > {before:X}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_script_that_does_not_compile_is_rejected_and_the_old_one_keeps_running() {
     let (pg, nats) = blocking(|| (PgCluster::start(), NatsServer::start()));

@@ -180,6 +180,20 @@ impl NatsServer {
         let _ = child.wait();
     }
 
+    /// Send a signal (`"STOP"`, `"CONT"`) to the running server: SIGSTOP makes a server that
+    /// keeps its connections open and answers nothing.
+    pub fn signal(&self, signal: &str) {
+        let Some(child) = &self.child else {
+            panic!("NatsServer::signal: server is not running");
+        };
+        let sent = Command::new("kill")
+            .args(["-s", signal, &child.id().to_string()])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(sent, "kill -s {signal} nats-server failed");
+    }
+
     /// Hard crash: SIGKILL and wait (messages not yet flushed may be lost).
     pub fn kill(&mut self) {
         let Some(mut child) = self.child.take() else {

@@ -16,6 +16,30 @@ impl Lsn {
     pub const ZERO: Lsn = Lsn(0);
 }
 
+impl Lsn {
+    /// The `X/Y` text, without the formatting machinery (it is a header of every message).
+    pub fn text(self) -> String {
+        fn hex(mut v: u64, out: &mut String) {
+            let mut digits = [0u8; 8];
+            let mut n = 0;
+            loop {
+                digits[n] = b"0123456789ABCDEF"[(v & 0xF) as usize];
+                n += 1;
+                v >>= 4;
+                if v == 0 {
+                    break;
+                }
+            }
+            out.extend(digits[..n].iter().rev().map(|&b| char::from(b)));
+        }
+        let mut out = String::with_capacity(17);
+        hex(self.0 >> 32, &mut out);
+        out.push('/');
+        hex(self.0 & 0xFFFF_FFFF, &mut out);
+        out
+    }
+}
+
 impl fmt::Display for Lsn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xFFFF_FFFF)
@@ -48,9 +72,11 @@ mod tests {
         for (text, value) in [
             ("0/0", 0u64),
             ("16/B374D848", 0x16_B374_D848),
+            ("1/A0", 0x1_0000_00A0),
             ("FFFFFFFF/FFFFFFFF", u64::MAX),
         ] {
             assert_eq!(Lsn(value).to_string(), text);
+            assert_eq!(Lsn(value).text(), text);
             assert_eq!(text.parse::<Lsn>(), Ok(Lsn(value)));
         }
     }

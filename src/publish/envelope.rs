@@ -23,8 +23,13 @@ pub struct OutMessage {
 /// Build the message for the `index`-th output (from 0) a script produced for `event`.
 /// `default_payload` caches the event's JSON when several outputs use it.
 pub fn envelope(event: &ChangeEvent, routed: Routed, index: usize, default_payload: &mut Option<Bytes>) -> OutMessage {
-    let id = event.id().hyphenated().to_string();
-    let msg_id = if index == 0 { id } else { format!("{id}-{index}") };
+    let mut buf = uuid::Uuid::encode_buffer();
+    let id = event.id().hyphenated().encode_lower(&mut buf);
+    let msg_id = if index == 0 {
+        id.to_string()
+    } else {
+        format!("{id}-{index}")
+    };
     let mut headers = base_headers(event, &msg_id);
     let payload = match routed.payload {
         Payload::Event => {
@@ -95,8 +100,8 @@ pub(super) const CONTENT_TYPE: HeaderName = HeaderName::from_static("Content-Typ
 fn base_headers(event: &ChangeEvent, msg_id: &str) -> HeaderMap {
     let mut headers = HeaderMap::new();
     headers.insert(NATS_MSG_ID, msg_id);
-    headers.insert(WAL_LSN, event.commit_lsn.to_string());
-    headers.insert(WAL_XID, event.xid.to_string());
+    headers.insert(WAL_LSN, event.commit_lsn.text());
+    headers.insert(WAL_XID, itoa::Buffer::new().format(event.xid));
     // Schema and table names may contain line breaks, which a header value cannot (the
     // payload keeps the exact names).
     headers.insert(WAL_SCHEMA, &*flat(&event.schema));

@@ -162,9 +162,10 @@ fn headers(value: LuaValue) -> Result<Vec<(String, String)>, RouteError> {
                 )));
             }
         };
-        if name.is_empty() || name.chars().any(|c| c == ':' || c.is_whitespace() || c.is_control()) {
+        // NATS header names are printable ASCII without ':' (async-nats panics on others).
+        if name.is_empty() || name.chars().any(|c| c == ':' || !c.is_ascii_graphic()) {
             return Err(RouteError::Runtime(format!(
-                "route returned an invalid header name {name:?}"
+                "route returned an invalid header name {name:?}: use printable ASCII without spaces or ':'"
             )));
         }
         if value.contains(['\r', '\n']) {

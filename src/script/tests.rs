@@ -96,6 +96,17 @@ fn scripts_see_exact_integers_and_can_build_payloads_and_headers() {
 }
 
 #[test]
+fn header_names_nats_cannot_carry_are_script_errors() {
+    for name in ["Tenänt", "Two words", "a:b", "tab\\t", ""] {
+        let router = custom(&format!("function route(e) return 'cdc.x', e, {{ ['{name}'] = 'v' }} end"));
+        match router.route(&event("public", "users", "INSERT")) {
+            Err(e) => assert!(e.to_string().contains("invalid header name"), "{name}: {e}"),
+            Ok(r) => panic!("{name:?} accepted: {:?}", r[0].headers),
+        }
+    }
+}
+
+#[test]
 fn fan_out_and_raw_payloads() {
     let router = custom(
         r#"function route(e) return { { subject = "a.one" }, { subject = "a.two", payload = "raw bytes" } } end"#,

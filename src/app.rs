@@ -93,11 +93,9 @@ impl From<PublishError> for SessionError {
 /// Items from the transform loop to the publisher.
 enum Outbound {
     /// A routed event; the publisher builds its messages (off the transform loop's thread).
-    Route {
-        event: Arc<ChangeEvent>,
-        routed: Vec<Routed>,
-        script: ScriptVersion,
-    },
+    Route { event: Arc<ChangeEvent>, routed: Vec<Routed> },
+    /// The script version that routed the events that follow (for logging what it got wrong).
+    Script(ScriptVersion),
     /// A ready message (a dead letter for a script error).
     Publish(OutMessage),
     /// Confirmable once everything before it is acknowledged.
@@ -175,10 +173,15 @@ async fn session(
     let (flushed_tx, mut flushed_rx) = watch::channel(slot.confirmed_flush);
     let window = config.publisher.max_in_flight;
     let unpublishable = Unpublishable::new(config, max_payload);
-    let publisher = Publisher::new(sink, replies, flushed_tx, window);
-    let mut publisher = AbortOnDropHandle::new(tokio::spawn(publish_loop(publisher, rx, unpublishable)));
-
     let mut transform = Transform::new(config, versions, slot.confirmed_flush, max_payload);
+    let publisher = Publisher::new(sink, replies, flushed_tx, window);
+    let mut publisher = AbortOnDropHandle::new(tokio::spawn(publish_loop(
+        publisher,
+        rx,
+        unpublishable,
+        transform.script.clone(),
+    )));
+
     // Domains, arrays and user types need pg_type (crate::catalog); new ones are looked up
     // between two messages, below.
     let catalog = Catalog::connect(config).await?;
@@ -275,6 +278,7 @@ async fn publish_loop(
     mut publisher: Publisher,
     mut rx: mpsc::Receiver<Vec<Outbound>>,
     mut unpublishable: Unpublishable,
+    mut script: ScriptVersion,
 ) -> Result<(), SessionError> {
     let mut messages = Vec::new();
     let mut open = true;
@@ -286,7 +290,7 @@ async fn publish_loop(
                 Some(batch) => {
                     for item in batch {
                         match item {
-                            Outbound::Route { event, routed, script } => {
+                            Outbound::Route { event, routed } => {
                                 unpublishable
                                     .envelopes(&event, routed, &script, &mut messages)
                                     .map_err(SessionError::Transient)?;
@@ -299,6 +303,7 @@ async fn publish_loop(
                                 publisher.send(message, &table).await?;
                             }
                             Outbound::Checkpoint(lsn) => publisher.window.push_checkpoint(lsn),
+                            Outbound::Script(version) => script = version,
                         }
                     }
                     publisher.release();
@@ -464,6 +469,7 @@ impl Transform {
             // transaction is routed by exactly one version.
             self.version = self.versions.borrow_and_update().clone();
             self.script = script_version(&self.version);
+            out.push(Outbound::Script(self.script.clone()));
             tracing::info!(version = self.version.number, script = %self.version.router.name(), "new script version in effect");
         }
         let message = match frame {
@@ -501,11 +507,7 @@ impl Transform {
     fn route(&mut self, event: Arc<ChangeEvent>, out: &mut Vec<Outbound>) -> Result<(), SessionError> {
         match self.version.router.route(&event) {
             Ok(routed) if routed.is_empty() => metrics::filtered(&event.table),
-            Ok(routed) => out.push(Outbound::Route {
-                event,
-                routed,
-                script: self.script.clone(),
-            }),
+            Ok(routed) => out.push(Outbound::Route { event, routed }),
             Err(error) => {
                 if let Some(letter) = self
                     .unpublishable

@@ -319,6 +319,9 @@ pub fn reconnect() {
 pub struct PublishedCounters {
     by_subject: HashMap<String, HashMap<String, Counter>>,
     entries: usize,
+    /// The last subject and table and their counter: runs of messages to one subject are the
+    /// rule, and comparing two short strings is cheaper than hashing them.
+    last: Option<(String, String, Counter)>,
 }
 
 impl PublishedCounters {
@@ -326,11 +329,22 @@ impl PublishedCounters {
     /// `commit_time` (PostgreSQL epoch microseconds): in flight until acknowledged or dropped.
     pub fn start(&mut self, subject: &str, table: &str, commit_time: i64) -> Delivery {
         METRICS.in_flight.inc();
+        if let Some((s, t, counter)) = &self.last
+            && s == subject
+            && t == table
+        {
+            return Delivery {
+                counter: counter.clone(),
+                commit_time,
+                _in_flight: InFlight,
+            };
+        }
         let counter = match self.by_subject.get(subject).and_then(|t| t.get(table)) {
             Some(counter) => counter.clone(),
             None => {
                 if self.entries >= 2 * MAX_SERIES {
                     self.by_subject.clear();
+                    self.last = None;
                     self.entries = 0;
                 }
                 let m = &*METRICS;
@@ -352,6 +366,17 @@ impl PublishedCounters {
                 counter
             }
         };
+        match &mut self.last {
+            // Reuse the strings' buffers: alternating subjects must not allocate each time.
+            Some((s, t, c)) => {
+                s.clear();
+                s.push_str(subject);
+                t.clear();
+                t.push_str(table);
+                *c = counter.clone();
+            }
+            None => self.last = Some((subject.to_string(), table.to_string(), counter.clone())),
+        }
         Delivery {
             counter,
             commit_time,

@@ -30,7 +30,7 @@ pub fn envelope(event: &ChangeEvent, routed: Routed, index: usize, default_paylo
     } else {
         format!("{id}-{index}")
     };
-    let mut headers = base_headers(event, &msg_id);
+    let mut headers = base_headers(event, msg_id);
     let payload = match routed.payload {
         Payload::Event => {
             headers.insert(CONTENT_TYPE, "application/json");
@@ -58,7 +58,7 @@ pub fn envelope(event: &ChangeEvent, routed: Routed, index: usize, default_paylo
 /// The original event, sent to the dead-letter subject with the error in `Wal-Error`.
 pub fn dead_letter(event: &ChangeEvent, subject: &str, error: &str) -> OutMessage {
     let msg_id = format!("{}-dlq", event.id().hyphenated());
-    let mut headers = base_headers(event, &msg_id);
+    let mut headers = base_headers(event, msg_id);
     headers.insert(CONTENT_TYPE, "application/json");
     // Header values cannot hold line breaks; Lua tracebacks have them.
     headers.insert("Wal-Error", &*flat(error));
@@ -97,7 +97,7 @@ const WAL_TABLE: HeaderName = HeaderName::from_static("Wal-Table");
 const WAL_ACTION: HeaderName = HeaderName::from_static("Wal-Action");
 pub(super) const CONTENT_TYPE: HeaderName = HeaderName::from_static("Content-Type");
 
-fn base_headers(event: &ChangeEvent, msg_id: &str) -> HeaderMap {
+fn base_headers(event: &ChangeEvent, msg_id: String) -> HeaderMap {
     let mut headers = HeaderMap::new();
     headers.insert(NATS_MSG_ID, msg_id);
     headers.insert(WAL_LSN, event.commit_lsn.text());

@@ -93,7 +93,10 @@ impl From<PublishError> for SessionError {
 /// Items from the transform loop to the publisher.
 enum Outbound {
     /// A routed event; the publisher builds its messages (off the transform loop's thread).
-    Route { event: Arc<ChangeEvent>, routed: Vec<Routed> },
+    Route {
+        event: Arc<ChangeEvent>,
+        routed: Vec<Routed>,
+    },
     /// The script version that routed the events that follow (for logging what it got wrong).
     Script(ScriptVersion),
     /// A ready message (a dead letter for a script error).

@@ -11,11 +11,12 @@
 //! Column values: integers are Lua integers (exact to 64 bits), floats numbers, numerics
 //! strings, json/jsonb decoded tables, arrays sequences (a NULL element is `json.null`).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use mlua::{Lua, LuaSerdeExt, UserData, UserDataFields, Value as LuaValue};
 
-use crate::event::{ChangeEvent, Row, Value};
+use crate::event::{Action, ChangeEvent, Row, Value};
 
 /// The userdata handed to `route`.
 pub(crate) struct EventData(pub Arc<ChangeEvent>);
@@ -23,9 +24,9 @@ pub(crate) struct EventData(pub Arc<ChangeEvent>);
 impl UserData for EventData {
     fn add_fields<F: UserDataFields<Self>>(fields: &mut F) {
         fields.add_field_method_get("id", |_, e| Ok(e.0.id().hyphenated().to_string()));
-        fields.add_field_method_get("schema", |lua, e| lua.create_string(&*e.0.schema));
-        fields.add_field_method_get("table", |lua, e| lua.create_string(&*e.0.table));
-        fields.add_field_method_get("action", |_, e| Ok(e.0.action.as_str()));
+        fields.add_field_method_get("schema", |lua, e| name_string(lua, &e.0.schema));
+        fields.add_field_method_get("table", |lua, e| name_string(lua, &e.0.table));
+        fields.add_field_method_get("action", |lua, e| action_string(lua, e.0.action));
         fields.add_field_method_get("lsn", |_, e| Ok(e.0.commit_lsn.to_string()));
         fields.add_field_method_get("xid", |_, e| Ok(i64::from(e.0.xid)));
         fields.add_field_method_get("commitTime", |_, e| Ok(e.0.commit_time_text()));
@@ -43,6 +44,54 @@ impl UserData for EventData {
             None => Ok(LuaValue::Nil),
         });
     }
+}
+
+/// Lua strings for relation names and actions, made once per state. Under the memory cap,
+/// creating a string is a protected call; `schema`, `table` and `action` are read for nearly
+/// every event (the default script reads all three), so they come from here.
+#[derive(Default)]
+pub(crate) struct NameStrings {
+    /// By the address of the relation's shared name (the `Arc` kept here keeps the address
+    /// from being reused for another name).
+    names: HashMap<usize, (Arc<str>, mlua::LuaString)>,
+    actions: [Option<mlua::LuaString>; 5],
+}
+
+/// Relations whose names are kept; past this the cache starts over.
+const NAMES_KEPT: usize = 4096;
+
+fn name_string(lua: &Lua, name: &Arc<str>) -> mlua::Result<mlua::LuaString> {
+    let key = Arc::as_ptr(name).cast::<u8>() as usize;
+    if let Some(cache) = lua.app_data_ref::<NameStrings>()
+        && let Some((kept, string)) = cache.names.get(&key)
+        && Arc::ptr_eq(kept, name)
+    {
+        return Ok(string.clone());
+    }
+    let string = lua.create_string(&**name)?;
+    if let Some(mut cache) = lua.app_data_mut::<NameStrings>() {
+        if cache.names.len() >= NAMES_KEPT {
+            cache.names.clear();
+        }
+        cache.names.insert(key, (name.clone(), string.clone()));
+    }
+    Ok(string)
+}
+
+fn action_string(lua: &Lua, action: Action) -> mlua::Result<mlua::LuaString> {
+    let index = action as usize;
+    if let Some(cache) = lua.app_data_ref::<NameStrings>()
+        && let Some(Some(string)) = cache.actions.get(index)
+    {
+        return Ok(string.clone());
+    }
+    let string = lua.create_string(action.as_str())?;
+    if let Some(mut cache) = lua.app_data_mut::<NameStrings>()
+        && let Some(slot) = cache.actions.get_mut(index)
+    {
+        *slot = Some(string.clone());
+    }
+    Ok(string)
 }
 
 fn row_table(lua: &Lua, row: &Row) -> mlua::Result<mlua::Table> {

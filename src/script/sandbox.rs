@@ -26,6 +26,7 @@ pub(super) fn new_state(config: &Config, modules: Option<&Path>) -> mlua::Result
     // Every event leaves a little garbage (its userdata, strings); the generational collector
     // reclaims such young objects cheaply and keeps the heap small.
     lua.gc_set_mode(mlua::state::GcMode::Generational(mlua::state::GcGenParams::default()));
+    lua.set_app_data(super::handoff::NameStrings::default());
     let globals = lua.globals();
 
     // os: only the clock and calendar functions.

@@ -98,7 +98,9 @@ fn scripts_see_exact_integers_and_can_build_payloads_and_headers() {
 #[test]
 fn header_names_nats_cannot_carry_are_script_errors() {
     for name in ["Tenänt", "Two words", "a:b", "tab\\t", ""] {
-        let router = custom(&format!("function route(e) return 'cdc.x', e, {{ ['{name}'] = 'v' }} end"));
+        let router = custom(&format!(
+            "function route(e) return 'cdc.x', e, {{ ['{name}'] = 'v' }} end"
+        ));
         match router.route(&event("public", "users", "INSERT")) {
             Err(e) => assert!(e.to_string().contains("invalid header name"), "{name}: {e}"),
             Ok(r) => panic!("{name:?} accepted: {:?}", r[0].headers),

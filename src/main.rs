@@ -129,6 +129,8 @@ async fn watch_signals(shutdown: CancellationToken) {
 }
 
 fn check(config: &Config, warnings: &[String], connect: bool) -> ExitCode {
+    // Log lines of scripts run by their test cases go to stderr.
+    telemetry::init(&config.logger);
     for warning in warnings {
         println!("warning: {warning}");
     }
@@ -184,6 +186,8 @@ async fn check_connections(config: &Config) -> bool {
 }
 
 fn route(config: &Config, source: &str) -> ExitCode {
+    // A script's log.* and print lines go to stderr, the messages to stdout.
+    telemetry::init(&config.logger);
     let router = match Router::from_config(config) {
         Ok(r) => r,
         Err(e) => {

@@ -58,6 +58,20 @@ pub(super) fn new_state(config: &Config, modules: Option<&Path>) -> mlua::Result
     globals.set("config", read_only(&lua, lua.to_value(&config_view(config))?)?)?;
     globals.set("json", json_table(&lua)?)?;
     globals.set("log", log_table(&lua)?)?;
+    // print writes to stdout, where `publisher.type: stdout` writes the messages: send it to the
+    // log instead, rate-limited like log.info.
+    lua.load(
+        r##"
+        local info, select, tostring, concat = log.info, select, tostring, table.concat
+        print = function(...)
+          local parts = {}
+          for i = 1, select("#", ...) do parts[i] = tostring((select(i, ...))) end
+          info(concat(parts, "\t"))
+        end
+        "##,
+    )
+    .set_name("=sandbox")
+    .exec()?;
     let wal: Table = lua
         .load(WAL_LUA)
         .set_name("@wal.lua")

@@ -79,6 +79,42 @@ fn route_prints_the_messages_a_script_produces() {
     assert_eq!(lines[0]["headers"]["Wal-Action"], "INSERT");
 }
 
+/// `route` is the tool for editing scripts: their log lines (and `print`, which goes to the log)
+/// must show on stderr, and must not mix into the messages on stdout.
+#[test]
+fn route_shows_script_log_and_print_lines_on_stderr() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(
+        dir.path().join("route.lua"),
+        "function route(e) log.info('routing ' .. e.table); print('printed', 42, nil); return 'a.' .. e.table end",
+    )
+    .expect("write script");
+    let config = dir.path().join("config.yml");
+    std::fs::write(&config, "scripts:\n  path: route.lua\nlogger:\n  fmt: text\n").expect("write config");
+    let events = dir.path().join("event.json");
+    std::fs::write(
+        &events,
+        r#"{"schema":"public","table":"users","action":"INSERT","data":{"id":1}}"#,
+    )
+    .expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_wal-listener"))
+        .args(["route", "--event"])
+        .arg(&events)
+        .arg("-c")
+        .arg(&config)
+        .output()
+        .expect("run wal-listener");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(stdout.lines().count(), 1, "only the message on stdout: {stdout}");
+    assert!(stdout.contains("\"subject\":\"a.users\""), "{stdout}");
+    assert!(stderr.contains("routing users"), "{stderr}");
+    assert!(stderr.contains("printed\t42\tnil"), "{stderr}");
+}
+
 #[test]
 fn check_runs_the_script_test_cases_and_fails_on_a_wrong_expectation() {
     let dir = tempfile::tempdir().expect("temp dir");

@@ -351,10 +351,11 @@ async fn publisher(config: &Config, r: &mut Report) {
                         c.subjects
                     ));
                 }
-                if c.duplicate_window < std::time::Duration::from_secs(60) {
+                if c.duplicate_window < crate::publish::RETRY_HORIZON {
                     r.warn(format!(
-                        "publisher.topic: stream {name} has a duplicate window of {:?}: replays after a longer outage may store duplicates (2m or more recommended)",
-                        c.duplicate_window
+                        "publisher.topic: stream {name} has a duplicate window of {:?}, shorter than the {:?} in which wal-listener may replay a message after a failure: replays may store duplicates (2m or more recommended)",
+                        c.duplicate_window,
+                        crate::publish::RETRY_HORIZON
                     ));
                 }
                 if c.no_ack {

@@ -25,7 +25,7 @@ use crate::config::{Config, PublisherKind};
 
 pub use connect::{client, display_address};
 pub use envelope::{OutMessage, dead_letter, envelope};
-pub use stream::subject_covers;
+pub use stream::{RETRY_HORIZON, subject_covers};
 
 /// How long JetStream may go without acknowledging anything while messages are in flight
 /// before we give up on the connection.

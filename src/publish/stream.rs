@@ -3,13 +3,21 @@
 //! Created (file storage, the configured duplicate window) when missing. When it exists, it
 //! must capture every subject the default script can produce, or the service refuses to start
 //! with a message naming the subject — publishing into a stream that silently drops our
-//! subjects would lose data.
+//! subjects would lose data. A stream with `no_ack` set is refused too: without acks nothing
+//! could ever be confirmed.
+
+use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
 
 use crate::config::Config;
 
 use super::PublishError;
+
+/// How long after its first publish wal-listener may publish a message again by itself: the
+/// ack timeout (10 s), the longest reconnect backoff (30 s), and time to reconnect. A duplicate
+/// window shorter than this lets an in-process replay store a message twice.
+pub const RETRY_HORIZON: Duration = Duration::from_secs(60);
 
 pub(super) async fn ensure(js: &jetstream::Context, config: &Config) -> Result<(), PublishError> {
     let name = &config.publisher.topic;
@@ -26,11 +34,16 @@ pub(super) async fn ensure(js: &jetstream::Context, config: &Config) -> Result<(
                     "JetStream stream {name:?} exists but captures {subjects:?}, not {wanted:?}: events on subjects such as {name}.public_users would not be stored. Add {wanted:?} to the stream's subjects (nats stream edit {name} --subjects '{wanted}') or choose another publisher.topic"
                 )));
             }
-            if info.config.duplicate_window < std::time::Duration::from_secs(60) {
+            if info.config.no_ack {
+                return Err(PublishError::Fatal(format!(
+                    "JetStream stream {name:?} has no_ack set: it never acknowledges messages, so no change could be confirmed; recreate it without --no-ack, or choose another publisher.topic"
+                )));
+            }
+            if info.config.duplicate_window < RETRY_HORIZON {
                 tracing::warn!(
                     stream = %name,
                     window = ?info.config.duplicate_window,
-                    "the stream's duplicate window is shorter than 1 minute: replays after a long outage may produce duplicates"
+                    "the stream's duplicate window is shorter than the {RETRY_HORIZON:?} in which wal-listener may replay a message after a failure: such a replay may store duplicates (2m or more recommended)"
                 );
             }
             Ok(())
@@ -47,6 +60,12 @@ pub(super) async fn ensure(js: &jetstream::Context, config: &Config) -> Result<(
             .await
             .map_err(|e| PublishError::Transient(format!("creating stream {name}: {e}")))?;
             tracing::info!(stream = %name, subjects = %wanted, "created JetStream stream");
+            if config.publisher.duplicate_window < RETRY_HORIZON {
+                tracing::warn!(
+                    window = ?config.publisher.duplicate_window,
+                    "publisher.duplicateWindow is shorter than the {RETRY_HORIZON:?} in which wal-listener may replay a message after a failure: such a replay may store duplicates (2m or more recommended)"
+                );
+            }
             Ok(())
         }
         Err(e) => Err(PublishError::Transient(format!(

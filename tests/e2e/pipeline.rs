@@ -232,3 +232,28 @@ async fn a_stream_that_does_not_capture_our_subjects_is_a_clear_fatal_error() {
     );
     assert!(!log.contains("panicked") && !log.contains("backtrace"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_never_acknowledges_is_a_clear_fatal_error() {
+    let (pg, nats) = blocking(|| (PgCluster::start(), NatsServer::start()));
+    let setup = Setup::new("noack");
+    nats.jetstream()
+        .await
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: setup.topic.clone(),
+            subjects: vec![format!("{}.>", setup.topic)],
+            no_ack: true,
+            ..Default::default()
+        })
+        .await
+        .expect("create stream");
+    let mut service = Service::start(&setup.yaml(&pg, &nats));
+    let status = blocking(|| service.wait_exit(DEADLINE));
+    let log = service.log();
+    assert_eq!(status.code(), Some(1), "log:\n{log}");
+    let last = log.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("wal-listener: JetStream stream \"cdc_noack\" has no_ack set"),
+        "{last}"
+    );
+}

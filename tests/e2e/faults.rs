@@ -68,6 +68,18 @@ impl Load {
     }
 }
 
+/// Fresh servers, the service streaming from its own slot, and an insert load started once it
+/// streams (so every row is after the slot's start).
+fn under_load(name: &str) -> (PgCluster, NatsServer, Setup, Service, Load) {
+    let (pg, nats) = blocking(|| (PgCluster::start(), NatsServer::start()));
+    let setup = Setup::new(name);
+    Load::create_table(&pg);
+    let mut service = Service::start(&setup.yaml(&pg, &nats));
+    blocking(|| wait_streaming(&pg, &setup.slot, &mut service));
+    let load = Load::start(&pg);
+    (pg, nats, setup, service, load)
+}
+
 /// Wait until the stream holds every committed row, then check: exactly once, in order.
 async fn assert_exactly_once(pg: &PgCluster, nats: &NatsServer, setup: &Setup) -> usize {
     let committed: Vec<i64> = pg
@@ -120,12 +132,7 @@ async fn wait_for_growth(nats: &NatsServer, topic: &str, at_least: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_twice_under_load_loses_and_duplicates_nothing() {
-    let (pg, nats) = blocking(|| (PgCluster::start(), NatsServer::start()));
-    let setup = Setup::new("kill9");
-    Load::create_table(&pg);
-    let mut service = Service::start(&setup.yaml(&pg, &nats));
-    blocking(|| wait_streaming(&pg, &setup.slot, &mut service));
-    let load = Load::start(&pg);
+    let (pg, nats, setup, mut service, load) = under_load("kill9");
     for round in 1..=2u64 {
         wait_for_growth(&nats, &setup.topic, round * 200).await;
         tokio::time::sleep(jitter(300)).await;
@@ -143,12 +150,7 @@ async fn kill_9_twice_under_load_loses_and_duplicates_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nats_outage_under_load_loses_and_duplicates_nothing() {
-    let (pg, mut nats) = blocking(|| (PgCluster::start(), NatsServer::start()));
-    let setup = Setup::new("natsdown");
-    Load::create_table(&pg);
-    let mut service = Service::start(&setup.yaml(&pg, &nats));
-    blocking(|| wait_streaming(&pg, &setup.slot, &mut service));
-    let load = Load::start(&pg);
+    let (pg, mut nats, setup, mut service, load) = under_load("natsdown");
     wait_for_growth(&nats, &setup.topic, 200).await;
     blocking(|| nats.kill());
     let down = Instant::now();
@@ -174,12 +176,7 @@ async fn a_nats_outage_under_load_loses_and_duplicates_nothing() {
 /// arrives exactly once, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_nats_server_is_given_up_on_and_replayed_exactly_once() {
-    let (pg, nats) = blocking(|| (PgCluster::start(), NatsServer::start()));
-    let setup = Setup::new("natsfrozen");
-    Load::create_table(&pg);
-    let mut service = Service::start(&setup.yaml(&pg, &nats));
-    blocking(|| wait_streaming(&pg, &setup.slot, &mut service));
-    let load = Load::start(&pg);
+    let (pg, nats, setup, mut service, load) = under_load("natsfrozen");
     wait_for_growth(&nats, &setup.topic, 200).await;
     nats.signal("STOP");
     let frozen = Instant::now();
@@ -210,12 +207,7 @@ async fn a_frozen_nats_server_is_given_up_on_and_replayed_exactly_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_restart_under_load_loses_and_duplicates_nothing() {
-    let (mut pg, nats) = blocking(|| (PgCluster::start(), NatsServer::start()));
-    let setup = Setup::new("pgrestart");
-    Load::create_table(&pg);
-    let mut service = Service::start(&setup.yaml(&pg, &nats));
-    blocking(|| wait_streaming(&pg, &setup.slot, &mut service));
-    let load = Load::start(&pg);
+    let (mut pg, nats, setup, mut service, load) = under_load("pgrestart");
     wait_for_growth(&nats, &setup.topic, 200).await;
     blocking(|| pg.restart_fast());
     let before = nats.stream_len(&setup.topic).await.unwrap_or(0);
@@ -265,12 +257,7 @@ async fn a_second_instance_waits_as_standby_and_takes_over() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_exits_0_and_a_restart_resumes() {
-    let (pg, nats) = blocking(|| (PgCluster::start(), NatsServer::start()));
-    let setup = Setup::new("sigterm");
-    Load::create_table(&pg);
-    let mut service = Service::start(&setup.yaml(&pg, &nats));
-    blocking(|| wait_streaming(&pg, &setup.slot, &mut service));
-    let load = Load::start(&pg);
+    let (pg, nats, setup, mut service, load) = under_load("sigterm");
     wait_for_growth(&nats, &setup.topic, 300).await;
     let started = Instant::now();
     let status = blocking(|| service.terminate());

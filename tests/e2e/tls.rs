@@ -123,9 +123,7 @@ async fn postgres_over_tls_with_scram_and_client_certificates() {
     let db = "  host: 127.0.0.1\n  user: scram_user\n  sslMode: disable\n";
     let config = yaml(&pg, "scram", db, &nats.url(), "");
     let mut wrong = Service::start_with_env(&config, &[("WAL_DATABASE_PASSWORD", "s3cret-wrong")]);
-    let status = blocking(|| wrong.wait_exit(DEADLINE));
-    assert_eq!(status.code(), Some(1), "{}", wrong.log());
-    let last = wrong.log().lines().last().unwrap_or_default().to_string();
+    let last = blocking(|| wrong.fatal_line(DEADLINE));
     assert!(
         last.starts_with("wal-listener: PostgreSQL refused the connection"),
         "{last}"
@@ -148,9 +146,7 @@ async fn postgres_over_tls_with_scram_and_client_certificates() {
         other_ca.display()
     );
     let mut refused = Service::start(&yaml(&pg, "untrusted", &db, &nats.url(), ""));
-    let status = blocking(|| refused.wait_exit(DEADLINE));
-    assert_eq!(status.code(), Some(1), "{}", refused.log());
-    let last = refused.log().lines().last().unwrap_or_default().to_string();
+    let last = blocking(|| refused.fatal_line(DEADLINE));
     assert!(
         last.starts_with("wal-listener: TLS to PostgreSQL failed") && last.contains("sslRootCert"),
         "{last}"
@@ -235,9 +231,7 @@ async fn nats_with_tls_client_certificates_and_each_auth_method() {
     assert!(!service.log().contains("s3cret"), "{}", service.log());
     let wrong = "  user: wal\n  password: s3cret-wrong\n";
     let mut refused = Service::start(&yaml(&pg, "natswrong", trust_db, &nats.url(), wrong));
-    let status = blocking(|| refused.wait_exit(DEADLINE));
-    assert_eq!(status.code(), Some(1), "{}", refused.log());
-    let last = refused.log().lines().last().unwrap_or_default().to_string();
+    let last = blocking(|| refused.fatal_line(DEADLINE));
     assert!(last.starts_with("wal-listener: NATS refused the credentials"), "{last}");
     assert!(!refused.log().contains("s3cret"), "{}", refused.log());
 

@@ -163,6 +163,16 @@ impl Service {
         }
     }
 
+    /// Wait for the process to stop on a fatal error: exit status 1, and the error as the last
+    /// log line, which is returned.
+    pub fn fatal_line(&mut self, deadline: Duration) -> String {
+        let status = self.wait_exit(deadline);
+        let log = self.log();
+        assert_eq!(status.code(), Some(1), "log:\n{log}");
+        assert!(!log.contains("panicked"), "log:\n{log}");
+        log.lines().last().unwrap_or_default().to_string()
+    }
+
     /// Wait for the process to exit on its own.
     pub fn wait_exit(&mut self, deadline: Duration) -> ExitStatus {
         let mut child = self.child.take().expect("service is running");

@@ -85,6 +85,14 @@ pub async fn prepare(config: &Config) -> Result<SlotState, SourceError> {
             "PostgreSQL has wal_level={wal_level}; logical decoding needs wal_level=logical (set it in postgresql.conf or with ALTER SYSTEM SET wal_level = logical, then restart PostgreSQL)"
         )));
     }
+    if server.get::<_, Option<String>>(3).is_none() {
+        // pg_is_in_recovery(): a standby, or a failover not yet promoted. Logical slots live on
+        // the primary; wait for this server to become one.
+        return Err(SourceError::Transient(format!(
+            "PostgreSQL at {} is in recovery (a standby, or a failover not yet promoted): logical replication needs the primary; retrying until it is promoted (if this is a replica, point database.host at the primary)",
+            config.database.host
+        )));
+    }
     let publication = &config.listener.publication;
     let exists = client
         .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[publication])

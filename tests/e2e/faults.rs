@@ -205,6 +205,33 @@ async fn a_frozen_nats_server_is_given_up_on_and_replayed_exactly_once() {
     blocking(|| service.terminate());
 }
 
+/// Pointed at a server in recovery (a standby, or a failover not yet promoted), the service
+/// keeps retrying instead of failing; once the server is promoted it sets up and streams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_in_recovery_is_waited_for_until_promoted() {
+    let (mut primary, nats) = blocking(|| (PgCluster::start(), NatsServer::start()));
+    primary.psql("CREATE TABLE t (id int4 PRIMARY KEY)");
+    let standby = blocking(|| PgCluster::standby_of(&primary));
+    let setup = Setup::new("recovery");
+    let mut service = Service::start(&setup.yaml(&standby, &nats));
+    wait_until("the service to notice recovery", DEADLINE, || {
+        let log = service.log();
+        async move { log.contains("is in recovery") }
+    })
+    .await;
+    assert!(service.is_running(), "log:\n{}", service.log());
+    // Failover: the primary goes away, the standby is promoted.
+    blocking(|| {
+        primary.stop();
+        standby.promote();
+    });
+    blocking(|| wait_streaming(&standby, &setup.slot, &mut service));
+    standby.psql("INSERT INTO t VALUES (1)");
+    let messages = nats.wait_for_messages(&setup.topic, 1, DEADLINE).await;
+    assert_eq!(messages[0].json()["data"]["id"], 1);
+    blocking(|| service.terminate());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_restart_under_load_loses_and_duplicates_nothing() {
     let (mut pg, nats, setup, mut service, load) = under_load("pgrestart");

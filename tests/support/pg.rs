@@ -45,40 +45,7 @@ pub struct PgCluster {
 impl PgCluster {
     /// initdb + start a fresh cluster. Panics (with the server log) on failure.
     pub fn start() -> PgCluster {
-        let bin = pg_bindir().to_path_buf();
-        let run_as = run_as();
-        // As root the postgres user must be able to reach the dir: use /tmp,
-        // not a possibly private $TMPDIR.
-        let base = match run_as {
-            RunAs::Me => std::env::temp_dir(),
-            _ => PathBuf::from("/tmp"),
-        };
-        let dir = tempfile::Builder::new()
-            .prefix("walh-pg-")
-            .tempdir_in(&base)
-            .unwrap_or_else(|e| panic!("cannot create a temp dir in {}: {e}", base.display()));
-        if !matches!(run_as, RunAs::Me) {
-            let out = Command::new("chown")
-                .arg("-R")
-                .arg("postgres:")
-                .arg(dir.path())
-                .output()
-                .expect("run chown");
-            assert!(
-                out.status.success(),
-                "chown -R postgres: {} failed: {}",
-                dir.path().display(),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        let mut pg = PgCluster {
-            bin,
-            run_as,
-            port: 0,
-            running: false,
-            dir,
-        };
-
+        let mut pg = PgCluster::unstarted();
         let data = path_str(&pg.data_dir()).to_owned();
         pg.run_ok(
             "initdb",
@@ -109,23 +76,100 @@ impl PgCluster {
              wal_sender_timeout = 30s\n\
              log_min_messages = warning\n"
         ));
+        pg.start_on_a_free_port();
+        pg
+    }
 
+    /// A hot standby of `primary` (pg_basebackup, streaming replication), started: a server
+    /// in recovery, as after a failover before promotion. [`promote`](Self::promote) ends it.
+    pub fn standby_of(primary: &PgCluster) -> PgCluster {
+        let mut pg = PgCluster::unstarted();
+        let data = path_str(&pg.data_dir()).to_owned();
+        let port = primary.port.to_string();
+        pg.run_ok(
+            "pg_basebackup",
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "-D",
+                &data,
+                "-R",
+                "-X",
+                "stream",
+                "--no-sync",
+            ],
+        );
+        let socket_dir = path_str(pg.socket_dir()).to_owned();
+        pg.append_conf(&format!(
+            "\n# --- standby ---\nunix_socket_directories = '{socket_dir}'\nhot_standby = on\n"
+        ));
+        pg.start_on_a_free_port();
+        pg
+    }
+
+    /// End recovery (`pg_ctl promote -w`): the standby becomes a primary.
+    pub fn promote(&self) {
+        let data = path_str(&self.data_dir()).to_owned();
+        self.run_ok("pg_ctl", &["-D", &data, "-w", "-t", PG_CTL_TIMEOUT_SECS, "promote"]);
+    }
+
+    /// A temp dir the server's OS user owns, nothing in it yet.
+    fn unstarted() -> PgCluster {
+        let bin = pg_bindir().to_path_buf();
+        let run_as = run_as();
+        // As root the postgres user must be able to reach the dir: use /tmp,
+        // not a possibly private $TMPDIR.
+        let base = match run_as {
+            RunAs::Me => std::env::temp_dir(),
+            _ => PathBuf::from("/tmp"),
+        };
+        let dir = tempfile::Builder::new()
+            .prefix("walh-pg-")
+            .tempdir_in(&base)
+            .unwrap_or_else(|e| panic!("cannot create a temp dir in {}: {e}", base.display()));
+        if !matches!(run_as, RunAs::Me) {
+            let out = Command::new("chown")
+                .arg("-R")
+                .arg("postgres:")
+                .arg(dir.path())
+                .output()
+                .expect("run chown");
+            assert!(
+                out.status.success(),
+                "chown -R postgres: {} failed: {}",
+                dir.path().display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        PgCluster {
+            bin,
+            run_as,
+            port: 0,
+            running: false,
+            dir,
+        }
+    }
+
+    fn start_on_a_free_port(&mut self) {
         for attempt in 1..=START_PORT_ATTEMPTS {
-            pg.port = free_port();
-            pg.append_conf(&format!("port = {}\n", pg.port));
-            let log_mark = pg.log_len();
-            match pg.try_pg_ctl_start() {
+            self.port = free_port();
+            self.append_conf(&format!("port = {}\n", self.port));
+            let log_mark = self.log_len();
+            match self.try_pg_ctl_start() {
                 Ok(()) => {
-                    pg.running = true;
-                    return pg;
+                    self.running = true;
+                    return;
                 }
-                Err(msg) if attempt < START_PORT_ATTEMPTS && pg.port_taken_since(log_mark) => {
-                    eprintln!("PgCluster: port {} taken, retrying: {msg}", pg.port);
+                Err(msg) if attempt < START_PORT_ATTEMPTS && self.port_taken_since(log_mark) => {
+                    eprintln!("PgCluster: port {} taken, retrying: {msg}", self.port);
                 }
-                Err(msg) => pg.fail(&msg),
+                Err(msg) => self.fail(&msg),
             }
         }
-        unreachable!("the last attempt returns or panics")
     }
 
     pub fn port(&self) -> u16 {

@@ -120,9 +120,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
     )));
     let mut backoff = BACKOFF_MIN;
     let mut standby = false;
+    let mut slot_seen = false;
     loop {
         let started = Instant::now();
-        match session(&config, versions.clone(), &shutdown).await {
+        match session(&config, versions.clone(), &shutdown, &mut slot_seen).await {
             Ok(()) => return Ok(()),
             Err(SessionError::Fatal(message)) => return Err(AppError::Fatal(message)),
             Err(SessionError::Standby(message)) => {
@@ -159,8 +160,10 @@ async fn session(
     config: &Config,
     versions: watch::Receiver<Arc<reload::Version>>,
     shutdown: &CancellationToken,
+    slot_seen: &mut bool,
 ) -> Result<(), SessionError> {
-    let slot = setup::prepare(config).await?;
+    let slot = setup::prepare(config, *slot_seen).await?;
+    *slot_seen = true;
     if slot.active {
         health::standby(&config.listener.slot_name);
         return Err(SessionError::Standby("the slot is active on another connection".into()));

@@ -59,8 +59,10 @@ where
     Ok(client)
 }
 
-/// Check the server, create what is missing, and return the slot's state.
-pub async fn prepare(config: &Config) -> Result<SlotState, SourceError> {
+/// Check the server, create what is missing, and return the slot's state. `slot_seen`: this
+/// process has streamed from the slot before, so a missing slot was dropped by someone — the
+/// changes it held are gone, which must not pass silently by creating a new one.
+pub async fn prepare(config: &Config, slot_seen: bool) -> Result<SlotState, SourceError> {
     let client = connect(config).await?;
     let server = query_one(
         &client,
@@ -125,6 +127,11 @@ pub async fn prepare(config: &Config) -> Result<SlotState, SourceError> {
         .map_err(|e| classify(&e))?;
     let (row, created) = match row {
         Some(row) => (row, false),
+        None if slot_seen => {
+            return Err(SourceError::Fatal(format!(
+                "replication slot {slot:?} disappeared while wal-listener was running (dropped by someone?): the changes it held since the last confirmed position are lost; restart wal-listener to create a new slot from the current position, and re-sync consumers for the gap"
+            )));
+        }
         None => {
             let created = client
                 .query_one(

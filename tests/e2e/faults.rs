@@ -232,6 +232,43 @@ async fn a_server_in_recovery_is_waited_for_until_promoted() {
     blocking(|| service.terminate());
 }
 
+/// A slot dropped by someone while the service runs took the changes it held with it: the
+/// service must not paper over that by creating a new slot on its next reconnect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_dropped_while_running_is_a_fatal_error_not_a_new_slot() {
+    let (pg, nats) = blocking(|| (PgCluster::start(), NatsServer::start()));
+    let setup = Setup::new("dropped");
+    let mut service = Service::start(&setup.yaml(&pg, &nats));
+    blocking(|| wait_streaming(&pg, &setup.slot, &mut service));
+    let slot = &setup.slot;
+    // End the service's walsender and drop the slot before its reconnect takes it again.
+    pg.psql(&format!(
+        "DO $$ BEGIN FOR i IN 1..100 LOOP
+           PERFORM pg_terminate_backend(active_pid, 5000) FROM pg_replication_slots
+             WHERE slot_name = '{slot}' AND active_pid IS NOT NULL;
+           BEGIN
+             PERFORM pg_drop_replication_slot('{slot}');
+             RETURN;
+           EXCEPTION WHEN object_in_use THEN PERFORM pg_sleep(0.01);
+           END;
+         END LOOP; RAISE 'the slot stayed in use'; END $$"
+    ));
+    let last = blocking(|| service.fatal_line(DEADLINE));
+    assert!(
+        last.starts_with(&format!(
+            "wal-listener: replication slot \"{slot}\" disappeared while wal-listener was running"
+        )),
+        "{last}"
+    );
+    let recreated = pg.psql(&format!(
+        "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}'"
+    ));
+    assert_eq!(
+        recreated, "0",
+        "the slot must not be recreated behind the operator's back"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_restart_under_load_loses_and_duplicates_nothing() {
     let (mut pg, nats, setup, mut service, load) = under_load("pgrestart");

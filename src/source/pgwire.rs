@@ -95,7 +95,15 @@ fn classify(e: pgwire_replication::PgWireError) -> SourceError {
         )),
         E::Server(ref msg) if msg.contains("is active for PID") => SourceError::SlotBusy(text),
         E::Server(ref msg) if is_fatal_server_error(msg) => {
-            SourceError::Fatal(format!("PostgreSQL refused replication: {text}"))
+            let lower = msg.to_ascii_lowercase();
+            let hint = if lower.contains("publication") && lower.contains("does not exist") {
+                " (dropped while wal-listener ran?): recreate it with the tables it should publish (e.g. CREATE PUBLICATION … FOR ALL TABLES), then restart wal-listener"
+            } else if lower.contains("replication slot") && lower.contains("does not exist") {
+                " (dropped while wal-listener ran?): the changes it held are lost; restart wal-listener to create a new slot, and re-sync consumers for the gap"
+            } else {
+                ""
+            };
+            SourceError::Fatal(format!("PostgreSQL refused replication: {text}{hint}"))
         }
         _ => SourceError::Transient(format!("replication connection: {text}")),
     }

@@ -60,8 +60,9 @@ where
 }
 
 /// Check the server, create what is missing, and return the slot's state. `slot_seen`: this
-/// process has streamed from the slot before, so a missing slot was dropped by someone — the
-/// changes it held are gone, which must not pass silently by creating a new one.
+/// process has set up before, so a missing slot or publication was dropped by someone — the
+/// changes the slot held are gone, and a publication recreated FOR ALL TABLES might publish
+/// more than the dropped one did; neither may pass silently.
 pub async fn prepare(config: &Config, slot_seen: bool) -> Result<SlotState, SourceError> {
     let client = connect(config).await?;
     let server = query_one(
@@ -101,6 +102,13 @@ pub async fn prepare(config: &Config, slot_seen: bool) -> Result<SlotState, Sour
         .await
         .map_err(|e| classify(&e))?
         .is_some();
+    if !exists && slot_seen {
+        // Recreating it FOR ALL TABLES could publish tables a narrower publication left out.
+        return Err(SourceError::Fatal(format!(
+            "publication {publication:?} disappeared while wal-listener was running (dropped by someone?): recreate it with the tables it should publish (e.g. CREATE PUBLICATION {} FOR ALL TABLES), then restart wal-listener",
+            quote_ident(publication)
+        )));
+    }
     if !exists {
         let sql = format!("CREATE PUBLICATION {} FOR ALL TABLES", quote_ident(publication));
         match client.batch_execute(&sql).await {

@@ -269,6 +269,33 @@ async fn a_slot_dropped_while_running_is_a_fatal_error_not_a_new_slot() {
     );
 }
 
+/// The same for the publication: recreating it FOR ALL TABLES could publish more than the
+/// dropped one did, so the service stops and says what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publication_dropped_while_running_is_a_fatal_error() {
+    let (pg, nats) = blocking(|| (PgCluster::start(), NatsServer::start()));
+    pg.psql("CREATE TABLE t (id int4 PRIMARY KEY)");
+    let setup = Setup::new("droppub");
+    let mut service = Service::start(&setup.yaml(&pg, &nats));
+    blocking(|| wait_streaming(&pg, &setup.slot, &mut service));
+    pg.psql(&format!("DROP PUBLICATION \"{}\"", setup.publication));
+    pg.psql("INSERT INTO t VALUES (1)");
+    let last = blocking(|| service.fatal_line(DEADLINE));
+    assert!(
+        last.contains(&format!("publication \"{}\" does not exist", setup.publication))
+            && last.contains("recreate it with the tables it should publish"),
+        "{last}"
+    );
+    let recreated = pg.psql(&format!(
+        "SELECT count(*) FROM pg_publication WHERE pubname = '{}'",
+        setup.publication
+    ));
+    assert_eq!(
+        recreated, "0",
+        "the publication must not be recreated behind the operator's back"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_restart_under_load_loses_and_duplicates_nothing() {
     let (mut pg, nats, setup, mut service, load) = under_load("pgrestart");

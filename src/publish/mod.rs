@@ -141,17 +141,16 @@ impl Sink {
                 let mut reply = String::with_capacity(reply_prefix.len() + 20);
                 reply.push_str(reply_prefix);
                 reply.push_str(itoa::Buffer::new().format(seq));
-                client
-                    .publish_with_reply_and_headers(msg.subject, reply, msg.headers, msg.payload)
-                    .await
-                    .map_err(client_error)?;
+                let publish = client.publish_with_reply_and_headers(msg.subject, reply, msg.headers, msg.payload);
+                handed_over(publish, ACK_TIMEOUT).await?;
                 Ok(Sent::Pending)
             }
             Sink::Core { client, .. } => {
-                client
-                    .publish_with_headers(msg.subject, msg.headers, msg.payload)
-                    .await
-                    .map_err(client_error)?;
+                handed_over(
+                    client.publish_with_headers(msg.subject, msg.headers, msg.payload),
+                    ACK_TIMEOUT,
+                )
+                .await?;
                 Ok(Sent::Done)
             }
             Sink::Stdout => {
@@ -183,6 +182,26 @@ impl Sink {
             Sink::Stdout => Ok(()),
         }
     }
+}
+
+/// Hand a message to the client. That is immediate unless the client's command queue is full —
+/// which it stays when the server stopped reading (hung, or a partition): give up on the
+/// connection after `timeout` ([`ACK_TIMEOUT`]) then. The timer is only set up when the first
+/// poll waits, so the usual message costs none.
+async fn handed_over(
+    publish: impl std::future::Future<Output = Result<(), async_nats::client::PublishError>>,
+    timeout: Duration,
+) -> Result<(), PublishError> {
+    let mut publish = std::pin::pin!(publish);
+    let done = match futures::FutureExt::now_or_never(publish.as_mut()) {
+        Some(done) => done,
+        None => tokio::time::timeout(timeout, publish).await.map_err(|_| {
+            PublishError::Transient(format!(
+                "NATS took no message for {timeout:?} (the server stopped reading); replaying from the last confirmed position"
+            ))
+        })?,
+    };
+    done.map_err(client_error)
 }
 
 fn client_error(e: async_nats::client::PublishError) -> PublishError {
@@ -342,6 +361,21 @@ mod tests {
             outcome(&reply("not json", None)),
             Err(PublishError::Transient(m)) if m.contains("not json")
         ));
+    }
+
+    #[tokio::test]
+    async fn a_client_that_takes_no_message_is_given_up_on() {
+        let stuck = std::future::pending::<Result<(), async_nats::client::PublishError>>();
+        match handed_over(stuck, Duration::from_millis(50)).await {
+            Err(PublishError::Transient(m)) => assert!(m.contains("NATS took no message for 50ms"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        let slow = async {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            Ok(())
+        };
+        assert!(handed_over(slow, Duration::from_secs(5)).await.is_ok());
+        assert!(handed_over(std::future::ready(Ok(())), Duration::ZERO).await.is_ok());
     }
 
     #[test]

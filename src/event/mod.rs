@@ -26,7 +26,7 @@ pub use value::Value;
 use crate::lsn::Lsn;
 
 /// What happened to the row.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Action {
     Insert,
     Update,

@@ -14,6 +14,7 @@
 
 pub mod cases;
 mod handoff;
+mod memo;
 mod output;
 pub mod reload;
 mod sandbox;
@@ -82,6 +83,9 @@ pub struct Router {
     ticks_left: Arc<AtomicU32>,
     ticks_per_call: u32,
     instruction_limit: u64,
+    /// Set for the built-in default script, whose answers depend on the relation and action
+    /// only (see `memo.rs`).
+    memo: Option<memo::Memo>,
 }
 
 impl Router {
@@ -95,7 +99,11 @@ impl Router {
                 })?;
                 Router::new(config, &script_name(&path), &source)
             }
-            None => Router::new(config, "default.lua", DEFAULT_LUA),
+            None => {
+                let mut router = Router::new(config, "default.lua", DEFAULT_LUA)?;
+                router.memo = Some(memo::Memo::default());
+                Ok(router)
+            }
         }
     }
 
@@ -168,6 +176,7 @@ impl Router {
             ticks_left,
             ticks_per_call,
             instruction_limit: config.scripts.instruction_limit,
+            memo: None,
         })
     }
 
@@ -176,8 +185,21 @@ impl Router {
         &self.name
     }
 
-    /// Run `route(event)` and interpret what it returns.
+    /// Run `route(event)` and interpret what it returns (for the built-in default script, the
+    /// answer kept for the event's relation and action when there is one).
     pub fn route(&self, event: &Arc<ChangeEvent>) -> Result<Vec<Routed>, RouteError> {
+        let Some(memo) = &self.memo else {
+            return self.call(event);
+        };
+        if let Some(routed) = memo.get(event) {
+            return Ok(routed);
+        }
+        let routed = self.call(event)?;
+        memo.put(event, &routed);
+        Ok(routed)
+    }
+
+    fn call(&self, event: &Arc<ChangeEvent>) -> Result<Vec<Routed>, RouteError> {
         self.ticks_left.store(self.ticks_per_call, Ordering::Relaxed);
         let ud = self
             .lua

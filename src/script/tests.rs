@@ -265,3 +265,65 @@ fn the_event_after_a_memory_error_is_routed_normally() {
     assert_eq!(subjects(&r, &event("s", "small", "INSERT")), ["ok"]);
     assert_eq!(subjects(&r, &event("s", "small", "INSERT")), ["ok"]);
 }
+
+/// The built-in default script is asked once per relation and action; what it answered then
+/// is what Lua answers every time (compared with a router that always calls Lua).
+#[test]
+fn the_default_scripts_answers_are_kept_per_relation_and_action_and_match_lua() {
+    use crate::event::Action;
+    let cfg = config(
+        "listener:\n  filter:\n    tables:\n      users: [insert]\n      billing.invoices: [insert, delete]\n  topicsMap:\n    public_users: people\n",
+    );
+    let kept = Router::from_config(&cfg).expect("compiles");
+    let always = Router::new(&cfg, "default.lua", DEFAULT_LUA).expect("compiles");
+    assert!(always.memo.is_none());
+    let mut events = Vec::new();
+    for (schema, table) in [
+        ("public", "users"),
+        ("other", "users"),
+        ("billing", "invoices"),
+        ("public", "invoices"),
+    ] {
+        // Changes of one relation share its names, as they do coming from the relation cache.
+        let base = event(schema, table, "INSERT");
+        for action in [Action::Insert, Action::Update, Action::Delete, Action::Truncate] {
+            let mut e = (*base).clone();
+            e.action = action;
+            events.push(Arc::new(e));
+        }
+    }
+    for _round in 0..3 {
+        for e in &events {
+            assert_eq!(
+                kept.route(e),
+                always.route(e),
+                "{}.{} {:?}",
+                e.schema,
+                e.table,
+                e.action
+            );
+        }
+    }
+    assert_eq!(kept.memo.as_ref().map(|m| m.len()), Some(16));
+    // Another relation with the same names (a new Arc, as after a schema change) is asked anew.
+    assert_eq!(
+        kept.route(&event("public", "users", "INSERT")),
+        always.route(&event("public", "users", "INSERT"))
+    );
+    assert_eq!(kept.memo.as_ref().map(|m| m.len()), Some(17));
+}
+
+#[test]
+fn messages_and_custom_scripts_are_routed_by_lua_every_time() {
+    let kept = Router::from_config(&config("")).expect("compiles");
+    let message = Arc::new(
+        crate::event::from_json(
+            &serde_json::json!({"action": "MESSAGE", "prefix": "audit", "content": "x", "transactional": true}),
+            0,
+        )
+        .expect("message"),
+    );
+    assert_eq!(subjects(&kept, &message), ["wal_listener.message_audit"]);
+    assert_eq!(kept.memo.as_ref().map(|m| m.len()), Some(0));
+    assert!(custom("function route(e) return 'a.b' end").memo.is_none());
+}

@@ -11,28 +11,36 @@ use crate::support::{NatsServer, PgCluster, StoredMessage, wait_until, wait_unti
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
-fn scripted(setup: &mut Setup, on_error: &str) {
+/// Fresh servers, a table made by `table_sql`, and the service streaming with `script` as
+/// `route.lua` under `scripts.onError: on_error`; `__TOPIC__` in the script is the test's topic.
+fn start_scripted(
+    name: &str,
+    on_error: &str,
+    table_sql: &str,
+    script: &str,
+) -> (PgCluster, NatsServer, Setup, Service) {
+    let (pg, nats) = blocking(|| (PgCluster::start(), NatsServer::start()));
+    pg.psql(table_sql);
+    let mut setup = Setup::new(name);
     setup.extra = format!("scripts:\n  path: route.lua\n  onError: {on_error}\n");
+    let script = script.replace("__TOPIC__", &setup.topic);
+    let mut service = Service::start_with_files(&setup.yaml(&pg, &nats), &[("route.lua", &script)]);
+    blocking(|| wait_streaming(&pg, &setup.slot, &mut service));
+    (pg, nats, setup, service)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_script_routes_by_column_fans_out_adds_headers_and_sends_raw_payloads() {
-    let (pg, nats) = blocking(|| (PgCluster::start(), NatsServer::start()));
-    pg.psql("CREATE TABLE orders (id int4 PRIMARY KEY, region text, tenant int4, note text)");
-    let mut setup = Setup::new("custom");
-    scripted(&mut setup, "deadLetter");
-    let topic = setup.topic.clone();
-    let script = format!(
-        r#"function route(e)
+    let script = r#"function route(e)
              if e.table ~= "orders" then return nil end
-             return {{
-               {{ subject = "{topic}.orders." .. e.data.region, headers = {{ Tenant = e.data.tenant }} }},
-               {{ subject = "{topic}.notes", payload = e.data.note }},
-             }}
-           end"#
-    );
-    let mut service = Service::start_with_files(&setup.yaml(&pg, &nats), &[("route.lua", &script)]);
-    blocking(|| wait_streaming(&pg, &setup.slot, &mut service));
+             return {
+               { subject = "__TOPIC__.orders." .. e.data.region, headers = { Tenant = e.data.tenant } },
+               { subject = "__TOPIC__.notes", payload = e.data.note },
+             }
+           end"#;
+    let table = "CREATE TABLE orders (id int4 PRIMARY KEY, region text, tenant int4, note text)";
+    let (pg, nats, setup, mut service) = start_scripted("custom", "deadLetter", table, script);
+    let topic = setup.topic.clone();
     pg.psql("INSERT INTO orders VALUES (1, 'eu', 42, 'plain text, not JSON')");
     let messages = nats.wait_for_messages(&topic, 2, DEADLINE).await;
     assert_eq!(messages[0].subject, format!("{topic}.orders.eu"));
@@ -79,18 +87,14 @@ fn version_of(m: &StoredMessage) -> &str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_under_load_switches_between_transactions_and_loses_nothing() {
-    let (pg, nats) = blocking(|| (PgCluster::start(), NatsServer::start()));
-    pg.psql("CREATE TABLE pairs (id int4 PRIMARY KEY)");
-    let mut setup = Setup::new("reload");
-    scripted(&mut setup, "halt");
+    let script = |v: &str| format!("function route(e) return '__TOPIC__.pairs.{v}' end");
+    let table = "CREATE TABLE pairs (id int4 PRIMARY KEY)";
+    let (pg, nats, setup, mut service) = start_scripted("reload", "halt", table, &script("v1"));
     let topic = setup.topic.clone();
-    let script = |v: &str| format!("function route(e) return '{topic}.pairs.{v}' end");
-    let mut service = Service::start_with_files(&setup.yaml(&pg, &nats), &[("route.lua", &script("v1"))]);
-    blocking(|| wait_streaming(&pg, &setup.slot, &mut service));
     let (stop, load) = start_pair_load(&pg);
     nats.wait_for_messages(&topic, 100, DEADLINE).await;
 
-    service.replace_file("route.lua", &script("v2"));
+    service.replace_file("route.lua", &script("v2").replace("__TOPIC__", &topic));
     let (topic_ref, nats_ref) = (topic.as_str(), &nats);
     wait_until("messages routed by the new version", DEADLINE, || async move {
         nats_ref
@@ -135,14 +139,9 @@ async fn a_reload_under_load_switches_between_transactions_and_loses_nothing() {
 /// change is not confirmed, so nothing is lost once the script is fixed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subject_outside_every_stream_stops_the_process_without_confirming_the_change() {
-    let (pg, nats) = blocking(|| (PgCluster::start(), NatsServer::start()));
-    pg.psql("CREATE TABLE t (id int4 PRIMARY KEY)");
-    let mut setup = Setup::new("nostream");
-    scripted(&mut setup, "deadLetter");
+    let script = "function route(e) if e.data.id == 2 then return 'elsewhere.x' end return '__TOPIC__.t' end";
+    let (pg, nats, setup, mut service) = start_scripted("nostream", "deadLetter", TABLE_T, script);
     let topic = setup.topic.clone();
-    let script = format!("function route(e) if e.data.id == 2 then return 'elsewhere.x' end return '{topic}.t' end");
-    let mut service = Service::start_with_files(&setup.yaml(&pg, &nats), &[("route.lua", &script)]);
-    blocking(|| wait_streaming(&pg, &setup.slot, &mut service));
     pg.psql("INSERT INTO t VALUES (1)");
     nats.wait_for_messages(&topic, 1, Duration::from_secs(60)).await;
     let before = crate::support::service::parse_lsn(&pg.psql("SELECT pg_current_wal_lsn()"));
@@ -161,24 +160,15 @@ async fn a_subject_outside_every_stream_stops_the_process_without_confirming_the
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_script_that_does_not_compile_is_rejected_and_the_old_one_keeps_running() {
-    let (pg, nats) = blocking(|| (PgCluster::start(), NatsServer::start()));
-    pg.psql("CREATE TABLE t (id int4 PRIMARY KEY)");
-    let mut setup = Setup::new("syntax");
-    scripted(&mut setup, "halt");
+    let good = "function route(e) return '__TOPIC__.good' end";
+    let (pg, nats, setup, mut service) = start_scripted("syntax", "halt", TABLE_T, good);
     let topic = setup.topic.clone();
-    let good = format!("function route(e) return '{topic}.good' end");
-    let mut service = Service::start_with_files(&setup.yaml(&pg, &nats), &[("route.lua", &good)]);
-    blocking(|| wait_streaming(&pg, &setup.slot, &mut service));
     service.replace_file("route.lua", "function route(e) return 'x' ennd");
-    let rejected = std::time::Instant::now() + DEADLINE;
-    while !service.log().contains("script reload rejected") {
-        assert!(
-            std::time::Instant::now() < rejected,
-            "no rejection logged; log:\n{}",
-            service.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until("the rejection to be logged", DEADLINE, || {
+        let log = service.log();
+        async move { log.contains("script reload rejected") }
+    })
+    .await;
     let log = service.log();
     assert!(log.contains("route.lua:1:"), "the error names file and line:\n{log}");
     pg.psql("INSERT INTO t VALUES (1)");
@@ -187,17 +177,14 @@ async fn a_script_that_does_not_compile_is_rejected_and_the_old_one_keeps_runnin
     blocking(|| service.terminate());
 }
 
+const TABLE_T: &str = "CREATE TABLE t (id int4 PRIMARY KEY)";
+
 const FAILING: &str =
     "function route(e) if e.data.id == 2 then error('cannot route row 2') end return '__TOPIC__.ok' end";
 
 async fn run_policy(policy: &str) -> (PgCluster, NatsServer, Service, Setup) {
-    let (pg, nats) = blocking(|| (PgCluster::start(), NatsServer::start()));
-    pg.psql("CREATE TABLE t (id int4 PRIMARY KEY)");
-    let mut setup = Setup::new(&format!("policy_{}", policy.to_lowercase()));
-    scripted(&mut setup, policy);
-    let script = FAILING.replace("__TOPIC__", &setup.topic);
-    let mut service = Service::start_with_files(&setup.yaml(&pg, &nats), &[("route.lua", &script)]);
-    blocking(|| wait_streaming(&pg, &setup.slot, &mut service));
+    let name = format!("policy_{}", policy.to_lowercase());
+    let (pg, nats, setup, service) = start_scripted(&name, policy, TABLE_T, FAILING);
     pg.psql("INSERT INTO t VALUES (1); INSERT INTO t VALUES (2); INSERT INTO t VALUES (3);");
     (pg, nats, service, setup)
 }

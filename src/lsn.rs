@@ -14,9 +14,7 @@ pub struct Lsn(pub u64);
 impl Lsn {
     /// The invalid/zero position (`0/0`): "from the slot's confirmed position" when starting.
     pub const ZERO: Lsn = Lsn(0);
-}
 
-impl Lsn {
     /// The `X/Y` text, without the formatting machinery (it is a header of every message).
     pub fn text(self) -> String {
         fn hex(mut v: u64, out: &mut String) {
@@ -42,7 +40,7 @@ impl Lsn {
 
 impl fmt::Display for Lsn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xFFFF_FFFF)
+        f.pad(&self.text())
     }
 }
 

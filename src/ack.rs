@@ -79,6 +79,12 @@ impl<T> AckWindow<T> {
         }
     }
 
+    /// What is kept for message `seq`, while it is in the window.
+    pub fn get(&self, seq: u64) -> Option<&T> {
+        let index = usize::try_from(seq.checked_sub(self.base)?).ok()?;
+        self.messages.get(index).map(|slot| &slot.data)
+    }
+
     /// Release the acknowledged messages at the front (each handed to `done`, oldest first) and
     /// return the newest checkpoint that became flushed by it, if any.
     pub fn release(&mut self, mut done: impl FnMut(T)) -> Option<Lsn> {

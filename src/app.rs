@@ -66,6 +66,9 @@ pub enum AppError {
 #[derive(Debug)]
 enum SessionError {
     Transient(String),
+    /// JetStream answered "no responders" to a publish to this subject: transient, and the
+    /// next session asks JetStream whether a stream captures the subject before streaming.
+    Unanswered(String),
     Fatal(String),
     /// The slot is streamed by another instance.
     Standby(String),
@@ -85,6 +88,7 @@ impl From<PublishError> for SessionError {
     fn from(e: PublishError) -> Self {
         match e {
             PublishError::Transient(m) => SessionError::Transient(m),
+            PublishError::NoResponders => SessionError::Transient(PublishError::NoResponders.to_string()),
             PublishError::Rejected(m) | PublishError::Fatal(m) => SessionError::Fatal(m),
         }
     }
@@ -121,9 +125,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
     let mut backoff = BACKOFF_MIN;
     let mut standby = false;
     let mut slot_seen = false;
+    // A subject JetStream answered "no responders" for, to be asked about once it answers.
+    let mut unanswered = None;
     loop {
         let started = Instant::now();
-        match session(&config, versions.clone(), &shutdown, &mut slot_seen).await {
+        let message = match session(&config, versions.clone(), &shutdown, &mut slot_seen, &mut unanswered).await {
             Ok(()) => return Ok(()),
             Err(SessionError::Fatal(message)) => return Err(AppError::Fatal(message)),
             Err(SessionError::Standby(message)) => {
@@ -135,23 +141,30 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
                     _ = shutdown.cancelled() => return Ok(()),
                     _ = tokio::time::sleep(STANDBY_POLL) => {}
                 }
+                continue;
             }
-            Err(SessionError::Transient(message)) => {
-                if started.elapsed() > BACKOFF_MAX * 2 {
-                    backoff = BACKOFF_MIN;
-                }
-                tracing::warn!(error = %message, retry_in = ?backoff, "pipeline interrupted; reconnecting");
-                versions.mark_unchanged();
-                health::reconnecting(&message);
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(backoff) => {}
-                    // A new script version (say, one fixing what halted the stream) is tried at once.
-                    Ok(()) = versions.changed() => backoff = BACKOFF_MIN,
-                }
-                backoff = (backoff * 2).min(BACKOFF_MAX);
+            Err(SessionError::Unanswered(subject)) => {
+                let message = format!(
+                    "JetStream answered \"no responders\" to a publish to {subject:?}: it is stopping, starting or electing a leader, or no stream captures the subject; replaying from the last confirmed position once JetStream answers"
+                );
+                unanswered = Some(subject);
+                message
             }
+            Err(SessionError::Transient(message)) => message,
+        };
+        if started.elapsed() > BACKOFF_MAX * 2 {
+            backoff = BACKOFF_MIN;
         }
+        tracing::warn!(error = %message, retry_in = ?backoff, "pipeline interrupted; reconnecting");
+        versions.mark_unchanged();
+        health::reconnecting(&message);
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(backoff) => {}
+            // A new script version (say, one fixing what halted the stream) is tried at once.
+            Ok(()) = versions.changed() => backoff = BACKOFF_MIN,
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
     }
 }
 
@@ -161,6 +174,7 @@ async fn session(
     versions: watch::Receiver<Arc<reload::Version>>,
     shutdown: &CancellationToken,
     slot_seen: &mut bool,
+    unanswered: &mut Option<String>,
 ) -> Result<(), SessionError> {
     let slot = setup::prepare(config, *slot_seen).await?;
     *slot_seen = true;
@@ -169,6 +183,11 @@ async fn session(
         return Err(SessionError::Standby("the slot is active on another connection".into()));
     }
     let (sink, replies) = Sink::connect(config).await?;
+    if let Some(subject) = unanswered.as_deref() {
+        // Only JetStream, up and answering, can tell that no stream captures the subject.
+        sink.captures(subject, &config.publisher.topic).await?;
+        *unanswered = None;
+    }
     let max_payload = sink.max_payload();
     let mut repl = PgwireReplication::start(config, slot.confirmed_flush).await?;
     tracing::info!(slot = %config.listener.slot_name, from = %slot.confirmed_flush, "streaming changes");
@@ -260,7 +279,12 @@ async fn session(
 fn describe_end(done: Result<Result<(), SessionError>, tokio::task::JoinError>) -> String {
     match done {
         Ok(Ok(())) => "the publisher stopped".into(),
-        Ok(Err(SessionError::Transient(m) | SessionError::Fatal(m) | SessionError::Standby(m))) => m,
+        Ok(Err(
+            SessionError::Transient(m)
+            | SessionError::Fatal(m)
+            | SessionError::Standby(m)
+            | SessionError::Unanswered(m),
+        )) => m,
         Err(e) => format!("the publisher task failed: {e}"),
     }
 }
@@ -397,6 +421,14 @@ impl Publisher {
         let ack = ack?;
         if let Err(e) = ack.outcome {
             metrics::problem("publish");
+            if let PublishError::NoResponders = e {
+                // A reply for a message no longer in flight is stray: it changes nothing.
+                let Some(delivery) = self.window.get(ack.seq) else {
+                    return Ok(());
+                };
+                metrics::jetstream_unavailable();
+                return Err(SessionError::Unanswered(delivery.subject().to_string()));
+            }
             return Err(e.into());
         }
         self.window.ack(ack.seq);

@@ -364,7 +364,10 @@ async fn publisher(config: &Config, r: &mut Report) {
                     ));
                 }
             }
-            Err(e) => r.error(format!("publisher.topic: reading stream {name}: {e}")),
+            Err(e) => r.error(format!(
+                "publisher.topic: reading stream {name}: {}",
+                jetstream_failure(&e)
+            )),
         },
         Err(e) if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(ref j) if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
         {
@@ -373,16 +376,34 @@ async fn publisher(config: &Config, r: &mut Report) {
                 p.duplicate_window
             ));
         }
-        Err(e) => r.error(format!("publisher.topic: looking up stream {name}: {e}")),
+        Err(e) => r.error(format!(
+            "publisher.topic: looking up stream {name}: {}",
+            jetstream_failure(&e)
+        )),
     }
     let dead_letter = config.dead_letter_subject();
     if !subject_covers(&wanted, &dead_letter) {
+        use jetstream::context::GetStreamByNameErrorKind as K;
         match js.stream_by_subject(dead_letter.clone()).await {
             Ok(stream) => r.ok(format!("scripts.deadLetterSubject: {dead_letter} is captured by stream {stream}")),
-            Err(_) => r.error(format!(
+            Err(e) if matches!(e.kind(), K::NotFound | K::InvalidSubject) => r.error(format!(
                 "scripts.deadLetterSubject: no stream captures {dead_letter}: failed events would be lost; add it to a stream's subjects or use a subject under {wanted}"
             )),
+            Err(e) => r.error(format!(
+                "scripts.deadLetterSubject: asking JetStream which stream captures {dead_letter}: {}",
+                jetstream_failure(&e)
+            )),
         }
+    }
+}
+
+/// A failed JetStream request in words: "no responders" means JetStream did not answer, which
+/// async-nats words as "requested JetStream resource does not exist".
+fn jetstream_failure(e: &(dyn std::error::Error + 'static)) -> String {
+    if publish::jetstream_unavailable(e) {
+        "JetStream does not answer (no responders): the server is stopping or starting, a cluster is electing a leader, or JetStream is not enabled (nats-server -js); the service retries until it answers".into()
+    } else {
+        e.to_string()
     }
 }
 

@@ -17,6 +17,7 @@
 //! | `wal_listener_script_errors_total` | counter | `app`, `table` | events the script failed on (or too large to publish), per table |
 //! | `wal_listener_script_reloads_total` | counter | `result` (`ok`, `error`) | script reloads |
 //! | `wal_listener_reconnects_total` | counter | | sessions ended by a transient failure |
+//! | `wal_listener_jetstream_unavailable_total` | counter | | publishes and JetStream requests answered "no responders" (JetStream stopping, starting, electing a leader, or not enabled) |
 //! | `wal_listener_ready`, `wal_listener_nats_connected` | gauge | | 1 or 0, as `/ready` and the NATS client see it |
 //!
 //! Label cardinality is bounded: subjects are chosen by scripts and could be unbounded (a
@@ -24,8 +25,8 @@
 //! further ones are counted under `_other` (and that is logged once).
 
 use std::collections::HashMap;
-use std::sync::LazyLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -83,6 +84,7 @@ struct Metrics {
     script_errors: Family<TableLabels, Counter>,
     script_reloads: Family<ResultLabels, Counter>,
     reconnects: Counter,
+    jetstream_unavailable: Counter,
     ready: Gauge,
     nats_connected: Gauge,
     /// Raw LSNs (u64) behind the gauges, so the lag is computed without float rounding.
@@ -113,6 +115,7 @@ impl Metrics {
             script_errors: Family::default(),
             script_reloads: Family::default(),
             reconnects: Counter::default(),
+            jetstream_unavailable: Counter::default(),
             ready: Gauge::default(),
             nats_connected: Gauge::default(),
             confirmed_raw: AtomicU64::new(0),
@@ -177,6 +180,11 @@ impl Metrics {
             "wal_listener_reconnects",
             "Sessions ended by a transient failure and retried",
             m.reconnects.clone(),
+        );
+        registry.register(
+            "wal_listener_jetstream_unavailable",
+            "Publishes and JetStream requests answered no responders (JetStream stopping, starting, electing a leader, or not enabled)",
+            m.jetstream_unavailable.clone(),
         );
         registry.register(
             "wal_listener_ready",
@@ -312,16 +320,21 @@ pub fn reconnect() {
     METRICS.reconnects.inc();
 }
 
+/// JetStream answered "no responders": to a publish, or to an API request.
+pub fn jetstream_unavailable() {
+    METRICS.jetstream_unavailable.inc();
+}
+
 /// Handles on `published_events_total`'s counters by subject and table, so counting a
 /// published message needs no label strings and no family lookup. One per publisher; bounded
 /// like the family (a script that puts ids in subjects would otherwise grow it forever).
 #[derive(Default)]
 pub struct PublishedCounters {
-    by_subject: HashMap<String, HashMap<String, Counter>>,
+    by_subject: HashMap<Arc<str>, HashMap<String, Counter>>,
     entries: usize,
     /// The last subject and table and their counter: runs of messages to one subject are the
     /// rule, and comparing two short strings is cheaper than hashing them.
-    last: Option<(String, String, Counter)>,
+    last: Option<(Arc<str>, String, Counter)>,
 }
 
 impl PublishedCounters {
@@ -330,23 +343,25 @@ impl PublishedCounters {
     pub fn start(&mut self, subject: &str, table: &str, commit_time: i64) -> Delivery {
         METRICS.in_flight.inc();
         if let Some((s, t, counter)) = &self.last
-            && s == subject
+            && **s == *subject
             && t == table
         {
             return Delivery {
                 counter: counter.clone(),
+                subject: s.clone(),
                 commit_time,
                 _in_flight: InFlight,
             };
         }
-        let counter = match self.by_subject.get(subject).and_then(|t| t.get(table)) {
-            Some(counter) => counter.clone(),
-            None => {
-                if self.entries >= 2 * MAX_SERIES {
-                    self.by_subject.clear();
-                    self.last = None;
-                    self.entries = 0;
-                }
+        if self.entries >= 2 * MAX_SERIES {
+            self.by_subject.clear();
+            self.last = None;
+            self.entries = 0;
+        }
+        let (subject, counter) = match self.by_subject.get_key_value(subject) {
+            Some((key, tables)) if tables.contains_key(table) => (key.clone(), tables[table].clone()),
+            found => {
+                let key = found.map_or_else(|| Arc::<str>::from(subject), |(key, _)| key.clone());
                 let m = &*METRICS;
                 let labels = PublishedLabels {
                     app: APP,
@@ -360,25 +375,25 @@ impl PublishedCounters {
                 });
                 self.entries += 1;
                 self.by_subject
-                    .entry(subject.to_string())
+                    .entry(key.clone())
                     .or_default()
                     .insert(table.to_string(), counter.clone());
-                counter
+                (key, counter)
             }
         };
         match &mut self.last {
-            // Reuse the strings' buffers: alternating subjects must not allocate each time.
+            // Reuse the table's buffer: alternating subjects must not allocate each time.
             Some((s, t, c)) => {
-                s.clear();
-                s.push_str(subject);
+                *s = subject.clone();
                 t.clear();
                 t.push_str(table);
                 *c = counter.clone();
             }
-            None => self.last = Some((subject.to_string(), table.to_string(), counter.clone())),
+            None => self.last = Some((subject.clone(), table.to_string(), counter.clone())),
         }
         Delivery {
             counter,
+            subject,
             commit_time,
             _in_flight: InFlight,
         }
@@ -389,6 +404,7 @@ impl PublishedCounters {
 /// [`Delivery::acknowledged`] counts it, or until it is dropped (abandoned, not counted).
 pub struct Delivery {
     counter: Counter,
+    subject: Arc<str>,
     /// Commit time, microseconds since 2000-01-01 UTC.
     commit_time: i64,
     _in_flight: InFlight,
@@ -401,6 +417,11 @@ impl Delivery {
         if let Some(seconds) = seconds_since_commit(self.commit_time) {
             METRICS.latency.observe(seconds);
         }
+    }
+
+    /// The subject the message was published to.
+    pub fn subject(&self) -> &str {
+        &self.subject
     }
 }
 

@@ -71,13 +71,16 @@ pub async fn client(config: &Config) -> Result<(async_nats::Client, Lost), Publi
                             "TLS to NATS failed: {text} (check publisher.tlsCaFile, tlsCertFile/tlsKeyFile and that the server has TLS on)"
                         )));
                     }
+                    async_nats::ConnectErrorKind::Dns => {
+                        last_error = Some(format!("cannot resolve the host name: {text}"));
+                    }
                     _ => last_error = Some(text),
                 }
             }
         }
     }
     Err(PublishError::Transient(format!(
-        "cannot connect to NATS at {}: {}",
+        "cannot connect to NATS at {}: {} (is nats-server running there? check publisher.address); retrying",
         display_address(&p.address),
         last_error.unwrap_or_default()
     )))

@@ -25,7 +25,7 @@ use crate::config::{Config, PublisherKind};
 
 pub use connect::{client, display_address};
 pub use envelope::{OutMessage, dead_letter, envelope};
-pub use stream::{RETRY_HORIZON, subject_covers};
+pub use stream::{RETRY_HORIZON, jetstream_unavailable, subject_covers};
 
 /// How long JetStream may go without acknowledging anything while messages are in flight
 /// before we give up on the connection.
@@ -37,6 +37,12 @@ pub enum PublishError {
     /// Reconnect and replay from the last confirmed LSN.
     #[error("{0}")]
     Transient(String),
+    /// JetStream answered a publish with "no responders" (503). That is what a server answers
+    /// while JetStream shuts down or starts, what a cluster answers during a leader election —
+    /// and what it answers when no stream captures the subject. Transient until JetStream,
+    /// once it answers again, says that no stream captures the subject ([`Sink::captures`]).
+    #[error("JetStream answered \"no responders\" to a publish")]
+    NoResponders,
     /// This one message cannot be published (too large): `scripts.onError` decides.
     #[error("{0}")]
     Rejected(String),
@@ -95,9 +101,14 @@ impl Sink {
                 },
             ));
         }
-        let js = async_nats::jetstream::context::ContextBuilder::new()
-            .timeout(ACK_TIMEOUT)
-            .build(client.clone());
+        if !client.server_info().jetstream {
+            crate::metrics::jetstream_unavailable();
+            return Err(PublishError::Transient(format!(
+                "the NATS server at {} does not have JetStream enabled: start nats-server with -js (or a jetstream {{}} block in its config), or set publisher.type: nats-core; retrying",
+                display_address(&p.address)
+            )));
+        }
+        let js = context(&client);
         stream::ensure(&js, config).await?;
         let inbox = client.new_inbox();
         let sub = client
@@ -117,6 +128,16 @@ impl Sink {
             },
             replies,
         ))
+    }
+
+    /// Whether a stream captures `subject`, asked of JetStream. After a publish to `subject`
+    /// was answered "no responders", this tells an outage (JetStream does not answer: retry)
+    /// from a subject no stream captures (JetStream answers that none does: fatal).
+    pub async fn captures(&self, subject: &str, topic: &str) -> Result<(), PublishError> {
+        let Sink::JetStream { client, .. } = self else {
+            return Ok(());
+        };
+        stream::captured(&context(client), subject, topic).await
     }
 
     /// Resolves when the connection to NATS is lost (never for stdout).
@@ -213,6 +234,13 @@ fn client_error(e: async_nats::client::PublishError) -> PublishError {
     }
 }
 
+/// A JetStream context whose API requests wait at most [`ACK_TIMEOUT`].
+fn context(client: &async_nats::Client) -> async_nats::jetstream::Context {
+    async_nats::jetstream::context::ContextBuilder::new()
+        .timeout(ACK_TIMEOUT)
+        .build(client.clone())
+}
+
 /// The JetStream acknowledgements of one connection, as they arrive.
 pub struct AckReplies {
     /// `None` when nothing is acknowledged (core NATS, stdout).
@@ -276,11 +304,7 @@ fn outcome(msg: &async_nats::Message) -> Result<(), PublishError> {
     }
     match msg.status {
         None | Some(StatusCode::OK) => {}
-        Some(StatusCode::NO_RESPONDERS) => {
-            return Err(PublishError::Fatal(
-                "no JetStream stream captures the subject of a published message: a routing script returned a subject outside the stream's subjects (e.g. not under publisher.topic), or the stream was deleted or changed while running; route to subjects under <topic>. or add the subject to a stream".into(),
-            ));
-        }
+        Some(StatusCode::NO_RESPONDERS) => return Err(PublishError::NoResponders),
         Some(status) => {
             return Err(PublishError::Transient(format!(
                 "JetStream answered a publish with status {status}{}",
@@ -379,10 +403,12 @@ mod tests {
     }
 
     #[test]
-    fn no_responders_means_no_stream_captures_the_subject() {
-        match outcome(&reply("", Some(StatusCode::NO_RESPONDERS))) {
-            Err(PublishError::Fatal(m)) => assert!(m.contains("no JetStream stream captures"), "{m}"),
-            other => panic!("{other:?}"),
-        }
+    fn no_responders_is_not_yet_a_verdict() {
+        // JetStream stopping, starting or electing a leader answers the same as a subject no
+        // stream captures: which one it was is asked of JetStream after reconnecting.
+        assert!(matches!(
+            outcome(&reply("", Some(StatusCode::NO_RESPONDERS))),
+            Err(PublishError::NoResponders)
+        ));
     }
 }

@@ -27,7 +27,7 @@ pub(super) async fn ensure(js: &jetstream::Context, config: &Config) -> Result<(
             let info = existing
                 .info()
                 .await
-                .map_err(|e| PublishError::Transient(format!("reading stream {name}: {e}")))?;
+                .map_err(|e| request_failed(&format!("reading stream {name}"), &e))?;
             let subjects = info.config.subjects.clone();
             if !subjects.iter().any(|s| subject_covers(s, &wanted)) {
                 return Err(PublishError::Fatal(format!(
@@ -58,7 +58,7 @@ pub(super) async fn ensure(js: &jetstream::Context, config: &Config) -> Result<(
                 ..Default::default()
             })
             .await
-            .map_err(|e| PublishError::Transient(format!("creating stream {name}: {e}")))?;
+            .map_err(|e| request_failed(&format!("creating stream {name}"), &e))?;
             tracing::info!(stream = %name, subjects = %wanted, "created JetStream stream");
             if config.publisher.duplicate_window < RETRY_HORIZON {
                 tracing::warn!(
@@ -68,10 +68,58 @@ pub(super) async fn ensure(js: &jetstream::Context, config: &Config) -> Result<(
             }
             Ok(())
         }
-        Err(e) => Err(PublishError::Transient(format!(
-            "looking up stream {name}: {e} (is JetStream enabled on the server? start nats-server with -js)"
-        ))),
+        Err(e) => Err(request_failed(&format!("looking up stream {name}"), &e)),
     }
+}
+
+/// Whether JetStream says that a stream captures `subject`: `Ok` if one does, fatal if
+/// JetStream answers that none does, transient if JetStream does not answer.
+pub(super) async fn captured(js: &jetstream::Context, subject: &str, topic: &str) -> Result<(), PublishError> {
+    use jetstream::context::GetStreamByNameErrorKind as K;
+    match js.stream_by_subject(subject).await {
+        Ok(_) => Ok(()),
+        Err(e) if matches!(e.kind(), K::NotFound | K::InvalidSubject) => Err(PublishError::Fatal(format!(
+            "no JetStream stream captures the subject of a published message ({subject:?}; JetStream is up and says so): a routing script returned a subject outside the stream's subjects (e.g. not under publisher.topic), or the stream was deleted or changed while running; route to subjects under {topic}.> (publisher.topic) or add the subject to a stream's subjects"
+        ))),
+        Err(e) => Err(request_failed(
+            &format!("asking JetStream which stream captures {subject:?}"),
+            &e,
+        )),
+    }
+}
+
+/// Whether a failed JetStream API request was answered "no responders": JetStream is not
+/// there to answer (stopping, starting, electing a leader, or not enabled). async-nats words
+/// that as "requested JetStream resource does not exist", which would mislead an operator.
+pub fn jetstream_unavailable(e: &(dyn std::error::Error + 'static)) -> bool {
+    use async_nats::jetstream::context::{RequestError, RequestErrorKind};
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if let Some(r) = e.downcast_ref::<RequestError>()
+            && r.kind() == RequestErrorKind::NoResponders
+        {
+            return true;
+        }
+        if let Some(r) = e.downcast_ref::<async_nats::RequestError>()
+            && r.kind() == async_nats::RequestErrorKind::NoResponders
+        {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
+/// A JetStream API request that failed: always transient (an operator's fix, such as
+/// enabling JetStream, is picked up by the retry), worded by what happened.
+fn request_failed(what: &str, e: &(dyn std::error::Error + 'static)) -> PublishError {
+    if jetstream_unavailable(e) {
+        crate::metrics::jetstream_unavailable();
+        return PublishError::Transient(format!(
+            "{what}: JetStream does not answer (no responders): the server is stopping or starting, a cluster is electing a leader, or JetStream is not enabled (nats-server -js); retrying"
+        ));
+    }
+    PublishError::Transient(format!("{what}: {e}"))
 }
 
 /// Whether the stream subject filter `filter` captures every subject matched by `pattern`.

@@ -15,6 +15,7 @@
 //! a restart the server resends every transaction that committed after the confirmed LSN, and
 //! the deterministic event ids let JetStream drop what it already stored.
 
+mod auth;
 mod pgwire;
 pub mod setup;
 pub mod tls;

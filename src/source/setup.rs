@@ -33,24 +33,32 @@ pub async fn connect(config: &Config) -> Result<tokio_postgres::Client, SourceEr
         pg.password(password.expose());
     }
     match tls::connector(config)? {
-        None => spawn_connection(pg.ssl_mode(PgSslMode::Disable), NoTls).await,
+        None => spawn_connection(config, pg.ssl_mode(PgSslMode::Disable), NoTls).await,
         Some(tls) => {
             let mode = match tls::effective_mode(db) {
                 SslMode::Prefer => PgSslMode::Prefer,
                 _ => PgSslMode::Require,
             };
-            spawn_connection(pg.ssl_mode(mode), tls).await
+            spawn_connection(config, pg.ssl_mode(mode), tls).await
         }
     }
 }
 
 /// Connect and drive the connection in its own task (it ends when the client drops).
-async fn spawn_connection<T>(pg: &tokio_postgres::Config, tls: T) -> Result<tokio_postgres::Client, SourceError>
+async fn spawn_connection<T>(
+    config: &Config,
+    pg: &tokio_postgres::Config,
+    tls: T,
+) -> Result<tokio_postgres::Client, SourceError>
 where
     T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>,
     T::Stream: Send + 'static,
 {
-    let (client, connection) = pg.connect(tls).await.map_err(|e| classify(&e))?;
+    let (client, connection) = match pg.connect(tls).await {
+        Ok(connected) => connected,
+        Err(e) if missing_password(&e) => return Err(no_password(config).await),
+        Err(e) => return Err(classify_connect(config, &e)),
+    };
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "setup connection closed");
@@ -205,11 +213,77 @@ pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// The error with its causes (`error connecting to server: Connection refused (os error 111)`):
+/// tokio-postgres' own `Display` names only the kind.
 fn db_error_text(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
-        None => e.to_string(),
+    if let Some(db) = e.as_db_error() {
+        return format!("{} (SQLSTATE {})", db.message(), db.code().code());
     }
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        let next = c.to_string();
+        if !text.ends_with(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        cause = c.source();
+    }
+    text
+}
+
+/// tokio-postgres' answer when the server asks for a password and none is configured.
+fn missing_password(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error().is_none()
+        && std::error::Error::source(e).is_some_and(|cause| cause.to_string() == "password missing")
+}
+
+/// The server wants a password and none is configured: no retry can fix that.
+async fn no_password(config: &Config) -> SourceError {
+    let db = &config.database;
+    let method = super::auth::password_method(config)
+        .await
+        .map(|m| format!(" ({m} authentication)"))
+        .unwrap_or_default();
+    SourceError::Fatal(format!(
+        "PostgreSQL at {}:{} asks for a password{method} for user {:?}, and none is configured: set database.password, database.passwordFile or WAL_DATABASE_PASSWORD (or allow the user without one in pg_hba.conf)",
+        db.host, db.port, db.user
+    ))
+}
+
+/// A failed connection attempt, with what to check; [`classify`] for everything the server
+/// said.
+fn classify_connect(config: &Config, e: &tokio_postgres::Error) -> SourceError {
+    if e.as_db_error().is_some() {
+        return classify(e);
+    }
+    let db = &config.database;
+    let text = db_error_text(e);
+    let kind = e.to_string();
+    if kind == "authentication error" {
+        // An authentication method tokio-postgres does not speak (GSSAPI, SSPI, Kerberos), or
+        // channel binding the server did not offer.
+        return SourceError::Fatal(format!(
+            "PostgreSQL at {}:{} wants an authentication method wal-listener cannot use for user {:?}: {text} (allow password, md5 or scram-sha-256 for this user in pg_hba.conf)",
+            db.host, db.port, db.user
+        ));
+    }
+    if kind == "invalid configuration" {
+        return SourceError::Fatal(format!(
+            "the PostgreSQL connection settings are not usable: {text} (check database.host, database.port, database.user and database.name)"
+        ));
+    }
+    if kind == "error connecting to server" || kind == "timeout waiting for server" {
+        let what = if text.contains("lookup address") || text.contains("Name or service not known") {
+            format!("cannot resolve database.host {:?}", db.host)
+        } else {
+            format!("cannot connect to PostgreSQL at {}:{}", db.host, db.port)
+        };
+        return SourceError::Transient(format!(
+            "{what}: {text} (is PostgreSQL running there? check database.host and database.port); retrying"
+        ));
+    }
+    classify(e)
 }
 
 /// Authentication and privilege problems are fatal; everything else (refused connections,

@@ -223,6 +223,13 @@ where
     }
 }
 
+impl MakeTls {
+    /// The rustls configuration (the verification policy of `database.sslMode`).
+    pub(crate) fn client_config(&self) -> Arc<ClientConfig> {
+        Arc::clone(&self.0)
+    }
+}
+
 /// One TLS handshake.
 pub struct Connect {
     config: Arc<ClientConfig>,

@@ -9,6 +9,7 @@ mod expect;
 mod faults;
 mod identifiers;
 mod messages;
+mod operator;
 mod ops;
 mod pipeline;
 mod quickstart;

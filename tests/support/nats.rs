@@ -83,6 +83,8 @@ pub struct NatsServer {
     child: Option<Child>,
     /// Extra command-line arguments (auth, `-c config`), given on every start.
     extra_args: Vec<String>,
+    /// Whether the server runs with `-js`.
+    jetstream: bool,
     // Dropped (deleted) after `Drop::drop` killed the server.
     dir: tempfile::TempDir,
 }
@@ -97,6 +99,15 @@ impl NatsServer {
     /// [`NatsServer::start`] with extra arguments, e.g. `["--user", "u", "--pass", "p"]` or
     /// `["-c", "/path/server.conf"]` (command-line flags override the file).
     pub fn start_with(extra_args: &[&str]) -> NatsServer {
+        NatsServer::start_inner(extra_args, true)
+    }
+
+    /// A server without JetStream (no `-js`), as an operator may have started one by mistake.
+    pub fn start_without_jetstream() -> NatsServer {
+        NatsServer::start_inner(&[], false)
+    }
+
+    fn start_inner(extra_args: &[&str], jetstream: bool) -> NatsServer {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let bin = nats_server_bin();
         let dir = tempfile::Builder::new()
@@ -114,6 +125,7 @@ impl NatsServer {
             name,
             child: None,
             extra_args: extra_args.iter().map(|a| (*a).to_owned()).collect(),
+            jetstream,
             dir,
         };
         for attempt in 1..=START_PORT_ATTEMPTS {
@@ -192,6 +204,42 @@ impl NatsServer {
             .map(|s| s.success())
             .unwrap_or(false);
         assert!(sent, "kill -s {signal} nats-server failed");
+    }
+
+    /// `nats-server --signal <command>=<pid>` (`ldm`: lame duck mode, `stop`, `quit`).
+    pub fn signal_command(&self, command: &str) {
+        let Some(child) = &self.child else {
+            panic!("NatsServer::signal_command: server is not running");
+        };
+        let status = Command::new(&self.bin)
+            .arg("--signal")
+            .arg(format!("{command}={}", child.id()))
+            .status()
+            .unwrap_or_else(|e| panic!("nats-server --signal {command}: {e}"));
+        assert!(status.success(), "nats-server --signal {command} failed: {status}");
+    }
+
+    /// Wait until the server exits by itself (after a `--signal`); kill it after `deadline`.
+    pub fn wait_stopped(&mut self, deadline: Duration) {
+        let Some(mut child) = self.child.take() else {
+            panic!("NatsServer::wait_stopped: server is not running");
+        };
+        let start = Instant::now();
+        while start.elapsed() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("nats-server did not exit within {deadline:?}; log:\n{}", self.log());
+    }
+
+    /// [`NatsServer::start_again`], this time with JetStream on.
+    pub fn start_again_with_jetstream(&mut self) {
+        self.jetstream = true;
+        self.start_again();
     }
 
     /// Hard crash: SIGKILL and wait (messages not yet flushed may be lost).
@@ -298,7 +346,7 @@ impl NatsServer {
         let log_mark = log.metadata().map(|m| m.len()).unwrap_or(0);
         let stderr = log.try_clone().expect("clone nats log handle");
         let mut child = Command::new(&self.bin)
-            .arg("-js")
+            .args(self.jetstream.then_some("-js"))
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
             .arg("-sd")
             .arg(self.store_dir())

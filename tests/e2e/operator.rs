@@ -271,9 +271,9 @@ async fn a_missing_password_is_fatal_at_once_and_names_the_method() {
     blocking(|| pg.restart_fast());
     pg.psql(
         "SET password_encryption = 'scram-sha-256';
-         CREATE ROLE scram_user LOGIN REPLICATION PASSWORD 's3cret-scram';
+         CREATE ROLE scram_user LOGIN SUPERUSER PASSWORD 's3cret-scram';
          SET password_encryption = 'md5';
-         CREATE ROLE md5_user LOGIN REPLICATION PASSWORD 's3cret-md5';",
+         CREATE ROLE md5_user LOGIN SUPERUSER PASSWORD 's3cret-md5';",
     );
     for (user, method) in [("scram_user", "SCRAM-SHA-256"), ("md5_user", "md5")] {
         let setup = Setup::new(user);
@@ -302,6 +302,13 @@ async fn a_missing_password_is_fatal_at_once_and_names_the_method() {
         assert_eq!(code, 1, "{out}");
         assert!(out.contains("error: database:") && out.contains(&wanted), "{out}");
         assert!(!out.contains("s3cret"), "{out}");
+
+        // With the password, both connections (setup and replication) authenticate that way.
+        let password = if method == "md5" { "s3cret-md5" } else { "s3cret-scram" };
+        let mut service = Service::start_with_env(&yaml, &[("WAL_DATABASE_PASSWORD", password)]);
+        blocking(|| wait_streaming(&pg, &setup.slot, &mut service));
+        assert!(!service.log().contains("s3cret"), "{}", service.log());
+        blocking(|| service.terminate());
     }
 }
 

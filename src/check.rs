@@ -10,8 +10,10 @@ use std::fmt::Display;
 use async_nats::jetstream;
 
 use crate::config::{Config, PublisherKind};
+use crate::publish::stream::{self, StreamProblem, StreamState};
 use crate::publish::{self, subject_covers};
-use crate::source::setup::{self, quote_ident};
+use crate::source::inspect::{self, SlotProblem};
+use crate::source::sql::{self, quote_ident};
 use crate::source::tls::effective_mode;
 
 /// WAL held by the slot above which the check warns.
@@ -57,7 +59,7 @@ pub async fn connections(config: &Config) -> Report {
 
 async fn database(config: &Config, r: &mut Report) {
     let db = &config.database;
-    let client = match setup::connect(config).await {
+    let client = match sql::connect(config).await {
         Ok(client) => client,
         Err(e) => {
             r.error(format!(
@@ -67,53 +69,35 @@ async fn database(config: &Config, r: &mut Report) {
             return;
         }
     };
-    let q = |sql: &'static str| {
-        let client = &client;
-        async move { client.query_one(sql, &[]).await }
-    };
-    let version: String = match q("SHOW server_version").await {
-        Ok(row) => row.get(0),
+    let server = match inspect::server(&client).await {
+        Ok(server) => server,
         Err(e) => {
             r.error(format!("database: {e}"));
             return;
         }
     };
-    let tls: bool = q("SELECT coalesce((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), false)")
-        .await
-        .map(|row| row.get(0))
-        .unwrap_or(false);
     r.ok(format!(
-        "database: PostgreSQL {version} at {}:{}, database {}, user {}, TLS {} (database.sslMode {})",
+        "database: PostgreSQL {} at {}:{}, database {}, user {}, TLS {} (database.sslMode {})",
+        server.version,
         db.host,
         db.port,
         db.name,
         db.user,
-        if tls { "on" } else { "off" },
+        if server.tls { "on" } else { "off" },
         effective_mode(db).as_str()
     ));
-
-    match q("SHOW wal_level").await.map(|row| row.get::<_, String>(0)) {
-        Ok(level) if level == "logical" => r.ok("database: wal_level=logical"),
-        Ok(level) => r.error(format!(
-            "database: wal_level={level}; logical decoding needs wal_level=logical: ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL"
-        )),
-        Err(e) => r.error(format!("database: SHOW wal_level: {e}")),
+    if server.logical() {
+        r.ok("database: wal_level=logical");
+    } else {
+        r.error(format!(
+            "database: wal_level={}; logical decoding needs wal_level=logical: ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL",
+            server.wal_level
+        ));
     }
-    if let Ok(row) = q("SELECT pg_is_in_recovery()").await
-        && row.get::<_, bool>(0)
-    {
+    if server.in_recovery {
         r.error("database: the server is a standby in recovery; connect database.host to the primary");
     }
-
-    let (replication, superuser): (bool, bool) =
-        match q("SELECT rolreplication, rolsuper FROM pg_roles WHERE rolname = current_user").await {
-            Ok(row) => (row.get(0), row.get(1)),
-            Err(e) => {
-                r.error(format!("database: reading the role of {}: {e}", db.user));
-                (false, false)
-            }
-        };
-    if replication || superuser {
+    if server.replication || server.superuser {
         r.ok(format!("database: user {} may replicate (REPLICATION)", db.user));
     } else {
         r.error(format!(
@@ -123,11 +107,11 @@ async fn database(config: &Config, r: &mut Report) {
     }
 
     slot(config, &client, r).await;
-    publication(config, &client, superuser, r).await;
+    publication(config, &client, server.superuser, r).await;
 }
 
 async fn slot(config: &Config, client: &tokio_postgres::Client, r: &mut Report) {
-    let slot = &config.listener.slot_name;
+    let name = &config.listener.slot_name;
     let limits = client
         .query_one(
             "SELECT current_setting('max_replication_slots')::int8, (SELECT count(*) FROM pg_replication_slots),
@@ -135,15 +119,8 @@ async fn slot(config: &Config, client: &tokio_postgres::Client, r: &mut Report) 
             &[],
         )
         .await;
-    let row = client
-        .query_opt(
-            "SELECT plugin, database, active, active_pid, confirmed_flush_lsn::text, wal_status,
-                    CASE WHEN pg_is_in_recovery() THEN NULL ELSE (pg_current_wal_lsn() - confirmed_flush_lsn)::int8 END
-             FROM pg_replication_slots WHERE slot_name = $1",
-            &[slot],
-        )
-        .await;
-    let exists = matches!(row, Ok(Some(_)));
+    let slot = inspect::slot(client, name).await;
+    let exists = matches!(slot, Ok(Some(_)));
     match limits {
         Ok(l) => {
             let (max_slots, used_slots, max_senders, used_senders): (i64, i64, i64, i64) =
@@ -165,48 +142,27 @@ async fn slot(config: &Config, client: &tokio_postgres::Client, r: &mut Report) 
         }
         Err(e) => r.warn(format!("database: cannot read replication limits: {e}")),
     }
-    let row = match row {
-        Ok(Some(row)) => row,
+    let slot = match slot {
+        Ok(Some(slot)) => slot,
         Ok(None) => {
             r.ok(format!(
-                "listener.slotName: slot {slot} does not exist yet; wal-listener creates it (pgoutput) and streams from then on"
+                "listener.slotName: slot {name} does not exist yet; wal-listener creates it (pgoutput) and streams from then on"
             ));
             return;
         }
         Err(e) => {
-            r.error(format!("listener.slotName: reading slot {slot}: {e}"));
+            r.error(format!("listener.slotName: reading slot {name}: {e}"));
             return;
         }
     };
-    let plugin: Option<String> = row.get(0);
-    let database: Option<String> = row.get(1);
-    let active: bool = row.get(2);
-    let pid: Option<i32> = row.get(3);
-    let confirmed: Option<String> = row.get(4);
-    let wal_status: Option<String> = row.get(5);
-    let lag: Option<i64> = row.get(6);
-    if plugin.as_deref() != Some("pgoutput") {
-        r.error(format!(
-            "listener.slotName: slot {slot} uses plugin {}, not pgoutput: choose another slotName or SELECT pg_drop_replication_slot('{slot}')",
-            plugin.as_deref().unwrap_or("none (a physical slot)")
-        ));
-        return;
+    if let Some(problem) = slot.problem(config) {
+        r.error(format!("listener.slotName: {}", problem.describe(name, config)));
+        if problem != SlotProblem::Lost {
+            return;
+        }
     }
-    if database.as_deref() != Some(config.database.name.as_str()) {
-        r.error(format!(
-            "listener.slotName: slot {slot} belongs to database {}, not {}: choose another slotName",
-            database.unwrap_or_default(),
-            config.database.name
-        ));
-        return;
-    }
-    if wal_status.as_deref() == Some("lost") {
-        r.error(format!(
-            "listener.slotName: slot {slot} has lost required WAL (wal_status=lost; max_slot_wal_keep_size was exceeded): changes are missing; drop and recreate it, then resynchronise consumers"
-        ));
-    }
-    let lag_text = lag.map(human_bytes).unwrap_or_else(|| "unknown".into());
-    let holder = match (active, pid) {
+    let retained = slot.retained_bytes.map(human_bytes).unwrap_or_else(|| "unknown".into());
+    let holder = match (slot.active, slot.active_pid) {
         (true, Some(pid)) => {
             format!("in use by PID {pid} (another wal-listener streams; this one would wait as standby)")
         }
@@ -214,29 +170,21 @@ async fn slot(config: &Config, client: &tokio_postgres::Client, r: &mut Report) 
         (false, _) => "idle".into(),
     };
     r.ok(format!(
-        "listener.slotName: slot {slot} (pgoutput) {holder}, confirmed {}, holding {lag_text} of WAL",
-        confirmed.unwrap_or_else(|| "-".into())
+        "listener.slotName: slot {name} (pgoutput) {holder}, confirmed {}, holding {retained} of WAL",
+        slot.confirmed_flush.map_or_else(|| "-".into(), |lsn| lsn.to_string())
     ));
-    if let Some(lag) = lag.filter(|l| *l > LAG_WARNING_BYTES) {
+    if let Some(bytes) = slot.retained_bytes.filter(|b| *b > LAG_WARNING_BYTES) {
         r.warn(format!(
-            "listener.slotName: slot {slot} holds {} of WAL; PostgreSQL keeps it until wal-listener confirms it (is it running? alert on wal_listener_replication_lag_bytes)",
-            human_bytes(lag)
+            "listener.slotName: slot {name} holds {} of WAL; PostgreSQL keeps it until wal-listener confirms it (is it running? alert on wal_listener_replication_lag_bytes)",
+            human_bytes(bytes)
         ));
     }
 }
 
 async fn publication(config: &Config, client: &tokio_postgres::Client, superuser: bool, r: &mut Report) {
     let name = &config.listener.publication;
-    let row = client
-        .query_opt(
-            "SELECT puballtables, pubinsert, pubupdate, pubdelete, pubtruncate,
-                    (SELECT count(*) FROM pg_publication_tables t WHERE t.pubname = p.pubname)
-             FROM pg_publication p WHERE pubname = $1",
-            &[name],
-        )
-        .await;
-    let row = match row {
-        Ok(Some(row)) => row,
+    let publication = match inspect::publication(client, name).await {
+        Ok(Some(publication)) => publication,
         Ok(None) if superuser => {
             r.ok(format!(
                 "listener.publication: {name} does not exist; wal-listener creates it FOR ALL TABLES"
@@ -256,29 +204,22 @@ async fn publication(config: &Config, client: &tokio_postgres::Client, superuser
             return;
         }
     };
-    let all: bool = row.get(0);
-    let ops: Vec<&str> = [(1, "insert"), (2, "update"), (3, "delete"), (4, "truncate")]
-        .into_iter()
-        .filter(|(i, _)| !row.get::<_, bool>(*i))
-        .map(|(_, op)| op)
-        .collect();
-    let tables: i64 = row.get(5);
-    let scope = if all {
+    let scope = if publication.all_tables {
         "FOR ALL TABLES".to_string()
     } else {
-        format!("{tables} table(s)")
+        format!("{} table(s)", publication.tables)
     };
     r.ok(format!("listener.publication: {name} exists, {scope}"));
-    if tables == 0 {
+    if publication.tables == 0 {
         r.warn(format!(
             "listener.publication: {name} contains no tables: no change will be published (ALTER PUBLICATION {} ADD TABLE …)",
             quote_ident(name)
         ));
     }
-    if !ops.is_empty() {
+    if !publication.unpublished.is_empty() {
         r.warn(format!(
             "listener.publication: {name} does not publish {}: those changes never reach wal-listener",
-            ops.join(", ")
+            publication.unpublished.join(", ")
         ));
     }
     let no_identity = client
@@ -336,50 +277,34 @@ async fn publisher(config: &Config, r: &mut Report) {
     let js = jetstream::new(client);
     let name = &p.topic;
     let wanted = format!("{name}.>");
-    match js.get_stream(name).await {
-        Ok(mut stream) => match stream.info().await {
-            Ok(info) => {
-                let c = &info.config;
-                if c.subjects.iter().any(|s| subject_covers(s, &wanted)) {
-                    r.ok(format!(
-                        "publisher.topic: stream {name} captures {wanted} ({:?} storage, duplicate window {:?}, {} messages)",
-                        c.storage, c.duplicate_window, info.state.messages
-                    ));
-                } else {
-                    r.error(format!(
-                        "publisher.topic: stream {name} captures {:?}, not {wanted}: events would not be stored; nats stream edit {name} --subjects '{wanted}', or choose another publisher.topic",
-                        c.subjects
-                    ));
-                }
-                if c.duplicate_window < crate::publish::RETRY_HORIZON {
-                    r.warn(format!(
-                        "publisher.topic: stream {name} has a duplicate window of {:?}, shorter than the {:?} in which wal-listener may replay a message after a failure: replays may store duplicates (2m or more recommended)",
-                        c.duplicate_window,
-                        crate::publish::RETRY_HORIZON
-                    ));
-                }
-                if c.no_ack {
-                    r.error(format!(
-                        "publisher.topic: stream {name} has no_ack set: wal-listener needs acknowledgements to confirm changes; recreate it without --no-ack"
-                    ));
-                }
+    match stream::inspect(&js, name).await {
+        Ok(StreamState::Found(info)) => {
+            let c = &info.config;
+            match stream::problem(name, c) {
+                Some(StreamProblem::Subjects(subjects)) => r.error(format!(
+                    "publisher.topic: stream {name} captures {subjects:?}, not {wanted}: events would not be stored; nats stream edit {name} --subjects '{wanted}', or choose another publisher.topic"
+                )),
+                Some(StreamProblem::NoAck) => r.error(format!(
+                    "publisher.topic: stream {name} has no_ack set: wal-listener needs acknowledgements to confirm changes; recreate it without --no-ack"
+                )),
+                None => r.ok(format!(
+                    "publisher.topic: stream {name} captures {wanted} ({:?} storage, duplicate window {:?}, {} messages)",
+                    c.storage, c.duplicate_window, info.state.messages
+                )),
             }
-            Err(e) => r.error(format!(
-                "publisher.topic: reading stream {name}: {}",
-                jetstream_failure(&e)
-            )),
-        },
-        Err(e) if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(ref j) if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
-        {
-            r.ok(format!(
-                "publisher.topic: stream {name} does not exist; wal-listener creates it (subjects {wanted}, file storage, duplicate window {:?})",
-                p.duplicate_window
-            ));
+            if stream::window_too_short(c.duplicate_window) {
+                r.warn(format!(
+                    "publisher.topic: stream {name} has a duplicate window of {:?}, shorter than the {:?} in which wal-listener may replay a message after a failure: replays may store duplicates (2m or more recommended)",
+                    c.duplicate_window,
+                    crate::publish::RETRY_HORIZON
+                ));
+            }
         }
-        Err(e) => r.error(format!(
-            "publisher.topic: looking up stream {name}: {}",
-            jetstream_failure(&e)
+        Ok(StreamState::Missing) => r.ok(format!(
+            "publisher.topic: stream {name} does not exist; wal-listener creates it (subjects {wanted}, file storage, duplicate window {:?})",
+            p.duplicate_window
         )),
+        Err(e) => r.error(format!("publisher.topic: {e}")),
     }
     let dead_letter = config.dead_letter_subject();
     if !subject_covers(&wanted, &dead_letter) {

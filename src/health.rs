@@ -17,7 +17,7 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 
-use crate::metrics;
+use crate::error::{Error, Kind};
 
 /// Where the pipeline is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,11 +102,10 @@ pub fn streaming() {
     set_phase(Phase::Streaming);
 }
 
-/// A session failed with a transient error and will be retried (counted as a reconnect).
-pub fn reconnecting(cause: &str) {
-    metrics::reconnect();
-    // A standby's failing attempts to take the slot (object_in_use) keep it a standby.
-    if phase() == Phase::Standby && (cause.contains("SQLSTATE 55006") || cause.contains("is active for PID")) {
+/// A session failed with a transient error and will be retried.
+pub fn reconnecting(cause: &Error) {
+    // A standby's failing attempts to take the slot keep it a standby.
+    if phase() == Phase::Standby && cause.kind() == Kind::SlotBusy {
         return;
     }
     set_reason(&format!("reconnecting: {cause}"));
@@ -206,7 +205,7 @@ mod tests {
         newer.connected(true);
         assert!(report().ready);
 
-        reconnecting("PostgreSQL: connection refused");
+        reconnecting(&Error::new(Kind::PgUnavailable, "PostgreSQL: connection refused"));
         let r = report();
         assert!(
             !r.healthy && !r.ready && r.detail == "reconnecting: PostgreSQL: connection refused",
@@ -214,14 +213,17 @@ mod tests {
         );
 
         standby("s1");
-        reconnecting("replication slot \"s1\" is active for PID 42");
+        reconnecting(&Error::new(
+            Kind::SlotBusy,
+            "replication slot \"s1\" is active for PID 42",
+        ));
         let r = report();
         assert!(r.healthy && !r.ready && r.detail.contains("standby"), "{r:?}");
 
         streaming();
         stopping();
         streaming();
-        reconnecting("late failure");
+        reconnecting(&Error::new(Kind::NatsUnavailable, "late failure"));
         let r = report();
         assert_eq!(phase(), Phase::Stopping);
         assert!(r.healthy && !r.ready, "{r:?}");

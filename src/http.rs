@@ -138,7 +138,10 @@ fn respond(req: &Request<Incoming>) -> Response<String> {
             text(status(report.ready), report.detail + "\n")
         }
         "/metrics" => {
-            let mut response = text(StatusCode::OK, metrics::render());
+            let mut response = text(
+                StatusCode::OK,
+                metrics::render(health::report().ready, health::nats_connected()),
+            );
             response.headers_mut().insert(
                 CONTENT_TYPE,
                 // prometheus-client writes the OpenMetrics text format (which Prometheus scrapes).

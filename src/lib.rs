@@ -28,10 +28,10 @@
 
 pub mod ack;
 pub mod app;
-pub mod catalog;
 pub mod check;
 pub mod config;
 pub mod decode;
+pub mod error;
 pub mod event;
 pub mod health;
 pub mod http;
@@ -41,4 +41,4 @@ pub mod publish;
 pub mod script;
 pub mod source;
 pub mod telemetry;
-pub mod unpublishable;
+pub mod transform;

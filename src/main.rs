@@ -86,7 +86,7 @@ fn run(config: Config, warnings: &[String]) -> ExitCode {
     for warning in warnings {
         tracing::warn!("{warning}");
     }
-    telemetry::log_start(&config);
+    app::log_start(&config);
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => {
@@ -100,7 +100,7 @@ fn run(config: Config, warnings: &[String]) -> ExitCode {
         // Served until the process exits, so /ready says 503 while SIGTERM drains.
         http::start(&config, CancellationToken::new())
             .await
-            .map_err(app::AppError::Fatal)?;
+            .map_err(|e| wal_listener::error::Error::new(wal_listener::error::Kind::Http, e))?;
         app::run(config, shutdown).await
     });
     match result {

@@ -36,7 +36,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::health;
 use crate::lsn::Lsn;
 
 /// Label sets per family beyond which new ones are folded into `_other`.
@@ -242,15 +241,15 @@ impl Metrics {
     }
 }
 
-/// The metrics in Prometheus text format.
-pub fn render() -> String {
+/// The metrics in Prometheus text format, with the probes' state (`ready`, as `/ready`
+/// answers, and whether the NATS client is connected) for the two gauges that show it.
+pub fn render(ready: bool, nats_connected: bool) -> String {
     let m = &*METRICS;
     let confirmed = m.confirmed_raw.load(Ordering::Relaxed);
     let wal_end = m.wal_end_raw.load(Ordering::Relaxed);
     m.lag_bytes.set(gauge_value(wal_end.saturating_sub(confirmed)));
-    let report = health::report();
-    m.ready.set(i64::from(report.ready));
-    m.nats_connected.set(i64::from(health::nats_connected()));
+    m.ready.set(i64::from(ready));
+    m.nats_connected.set(i64::from(nats_connected));
     let mut out = String::new();
     if prometheus_client::encoding::text::encode(&mut out, &m.registry).is_err() {
         out.clear();
@@ -298,7 +297,17 @@ fn inc_table(family: &Family<TableLabels, Counter>, series: &AtomicUsize, table:
 
 /// Something went wrong with one event: `script`, `publish`, `value`.
 pub fn problem(kind: &'static str) {
-    METRICS.problematic.get_or_create(&KindLabels { app: APP, kind }).inc();
+    problems(kind, 1);
+}
+
+/// `n` problems of one kind (none: nothing to do).
+pub fn problems(kind: &'static str, n: u64) {
+    if n > 0 {
+        METRICS
+            .problematic
+            .get_or_create(&KindLabels { app: APP, kind })
+            .inc_by(n);
+    }
 }
 
 /// An event of `table` could not be published as routed — the script failed on it or a message
@@ -459,13 +468,13 @@ mod tests {
     fn an_acknowledged_message_is_counted_with_its_labels_and_latency() {
         let mut counters = PublishedCounters::default();
         let tracked = counters.start("unit.acked_subject", "acked_table", now_pg_micros() - 250_000);
-        let text = render();
+        let text = render(false, false);
         assert!(
             line(&text, "wal_listener_events_in_flight ").is_some_and(|l| l != "wal_listener_events_in_flight 0"),
             "{text}"
         );
         tracked.acknowledged();
-        let text = render();
+        let text = render(false, false);
         assert_eq!(
             line(
                 &text,
@@ -490,7 +499,7 @@ mod tests {
     fn an_abandoned_message_is_not_counted_as_published() {
         let mut counters = PublishedCounters::default();
         drop(counters.start("unit.abandoned_subject", "t", 0));
-        let text = render();
+        let text = render(false, false);
         assert!(
             line(
                 &text,
@@ -510,7 +519,7 @@ mod tests {
         b.start("unit.shared", "t1", 0).acknowledged();
         a.start("unit.shared", "t2", 0).acknowledged();
         assert_eq!(a.entries, 2);
-        let text = render();
+        let text = render(false, false);
         assert_eq!(
             line(
                 &text,
@@ -526,7 +535,7 @@ mod tests {
         server_wal_end(Lsn(0x1_0000_0500));
         server_wal_end(Lsn(0x1_0000_0100));
         confirmed(Lsn(0x1_0000_0400));
-        let text = render();
+        let text = render(false, false);
         // Other tests share the registry; these values are only ever set by this test.
         assert!(text.contains("wal_listener_server_wal_end_lsn 4294968576"), "{text}");
         assert!(text.contains("wal_listener_replication_lag_bytes 256"), "{text}");
@@ -538,7 +547,7 @@ mod tests {
         for n in 0..MAX_SERIES + 5 {
             filtered(&format!("bounded_{n}"));
         }
-        let text = render();
+        let text = render(false, false);
         let series = text
             .lines()
             .filter(|l| l.starts_with("filter_skipped_events_total{"))
@@ -561,7 +570,7 @@ mod tests {
     fn script_errors_are_counted_per_table() {
         script_error("unit.failing_table");
         script_error("unit.failing_table");
-        let text = render();
+        let text = render(false, false);
         assert_eq!(
             line(
                 &text,

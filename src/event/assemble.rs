@@ -28,7 +28,7 @@ use crate::lsn::Lsn;
 
 use super::types::{FIRST_NORMAL_OID, PgType, TypeRegistry};
 use super::value::{TypeMap, convert};
-use super::{Action, ChangeEvent, MessageBody, Row, Value};
+use super::{Action, ChangeEvent, MessageBody, Row, TxText, Value};
 
 /// What the assembler hands on, in WAL order.
 #[derive(Debug, Clone, PartialEq)]
@@ -61,6 +61,15 @@ pub struct BadValue {
     pub type_oid: u32,
 }
 
+/// The values that did not parse since the last [`Assembler::take_bad_values`].
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct BadValues {
+    /// Columns with such a value for the first time (to log once per column).
+    pub new_columns: Vec<BadValue>,
+    /// Every such value (to count each).
+    pub count: u64,
+}
+
 #[derive(Clone)]
 struct ColumnInfo {
     name: Arc<str>,
@@ -82,6 +91,7 @@ struct OpenTx {
     xid: u32,
     commit_time: i64,
     next_ordinal: u32,
+    text: Arc<TxText>,
 }
 
 /// Turns decoded messages into events; owns the relation cache.
@@ -92,11 +102,10 @@ pub struct Assembler {
     /// User type OIDs named by a Relation or Type message that the registry does not know.
     missing_types: Vec<u32>,
     tx: Option<OpenTx>,
-    /// First bad values per column since the last [`Assembler::take_bad_values`].
-    bad_values: Vec<BadValue>,
+    /// Bad values since the last [`Assembler::take_bad_values`].
+    bad_values: BadValues,
     /// `schema.table.column` of every column already reported.
     bad_columns: HashSet<String>,
-    bad_value_count: u64,
 }
 
 impl Assembler {
@@ -109,15 +118,10 @@ impl Assembler {
         self.tx.is_some()
     }
 
-    /// Columns whose value did not parse as their type for the first time since the last call
-    /// (for one log line per column; every occurrence is counted in [`Self::bad_value_count`]).
-    pub fn take_bad_values(&mut self) -> Vec<BadValue> {
+    /// The values that did not parse as their type since the last call (they were published
+    /// as their original text): the columns new among them, and how many there were.
+    pub fn take_bad_values(&mut self) -> BadValues {
         std::mem::take(&mut self.bad_values)
-    }
-
-    /// How many values did not parse as their type (published as their original text).
-    pub fn bad_value_count(&self) -> u64 {
-        self.bad_value_count
     }
 
     /// Replace the type registry (read from the catalog at session start).
@@ -192,6 +196,7 @@ impl Assembler {
                     xid: b.xid,
                     commit_time: b.commit_time,
                     next_ordinal: 0,
+                    text: TxText::new(Lsn(b.final_lsn), b.xid, b.commit_time),
                 });
             }
             Message::Commit(c) => {
@@ -266,16 +271,19 @@ impl Assembler {
                     prefix: m.prefix,
                     content: m.content,
                 };
-                let (commit_lsn, xid, commit_time, ordinal) = match (&mut self.tx, m.transactional) {
+                let (commit_lsn, xid, commit_time, ordinal, text) = match (&mut self.tx, m.transactional) {
                     (Some(tx), true) => {
                         let ordinal = tx.next_ordinal;
                         tx.next_ordinal += 1;
-                        (tx.commit_lsn, tx.xid, tx.commit_time, ordinal)
+                        (tx.commit_lsn, tx.xid, tx.commit_time, ordinal, tx.text.clone())
                     }
                     // A non-transactional message stands alone: its own LSN identifies it. It
                     // has no commit, hence no commit time and no xid in protocol version 1:
                     // its time is when it was decoded.
-                    _ => (Lsn(m.lsn), 0, now_pg_micros(), 0),
+                    _ => {
+                        let now = now_pg_micros();
+                        (Lsn(m.lsn), 0, now, 0, TxText::new(Lsn(m.lsn), 0, now))
+                    }
                 };
                 out.push(Item::Change(ChangeEvent {
                     commit_lsn,
@@ -289,6 +297,7 @@ impl Assembler {
                     data_old: Row::default(),
                     unchanged_toast: Vec::new(),
                     message: Some(body),
+                    text,
                 }));
             }
         }
@@ -329,6 +338,7 @@ impl Assembler {
             data_old,
             unchanged_toast,
             message: None,
+            text: tx.text.clone(),
         }));
         Ok(())
     }
@@ -402,10 +412,10 @@ impl Assembler {
                     Err(_) => String::from_utf8_lossy(bytes),
                 };
                 convert(col.map, &text).or_else(|kept| {
-                    self.bad_value_count += 1;
+                    self.bad_values.count += 1;
                     let table = format!("{}.{}", rel.schema, rel.table);
                     if self.bad_columns.insert(format!("{table}.{}", col.name)) {
-                        self.bad_values.push(BadValue {
+                        self.bad_values.new_columns.push(BadValue {
                             table,
                             column: col.name.to_string(),
                             type_oid: col.type_oid,

@@ -66,15 +66,17 @@ pub fn from_json(json: &Json, ordinal: u32) -> Result<ChangeEvent, String> {
         Some(Json::Array(names)) => names.iter().filter_map(Json::as_str).map(Arc::from).collect(),
         _ => Vec::new(),
     };
+    let xid = obj
+        .get("xid")
+        .and_then(Json::as_u64)
+        .and_then(|x| u32::try_from(x).ok())
+        .unwrap_or(0);
     Ok(ChangeEvent {
         commit_lsn,
         ordinal,
-        xid: obj
-            .get("xid")
-            .and_then(Json::as_u64)
-            .and_then(|x| u32::try_from(x).ok())
-            .unwrap_or(0),
+        xid,
         commit_time,
+        text: super::TxText::new(commit_lsn, xid, commit_time),
         schema: Arc::from(schema),
         table: Arc::from(table),
         action,

@@ -36,7 +36,7 @@ impl Serialize for ChangeEvent {
             m.serialize_entry("data", &RowJson(&self.data))?;
             m.serialize_entry("dataOld", &RowJson(&self.data_old))?;
         }
-        m.serialize_entry("commitTime", &self.commit_time_text())?;
+        m.serialize_entry("commitTime", self.commit_time_text())?;
         if !self.unchanged_toast.is_empty() {
             let names: Vec<&str> = self.unchanged_toast.iter().map(|n| &**n).collect();
             m.serialize_entry("unchangedToast", &names)?;

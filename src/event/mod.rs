@@ -18,7 +18,7 @@ pub mod value;
 
 use std::sync::Arc;
 
-pub use assemble::{Assembler, BadValue, EventError, Item};
+pub use assemble::{Assembler, BadValue, BadValues, EventError, Item};
 pub use from_json::from_json;
 pub use types::{PgType, TypeKind, TypeRegistry};
 pub use value::Value;
@@ -68,6 +68,28 @@ pub struct MessageBody {
     pub content: bytes::Bytes,
 }
 
+/// What is the same for every event of a transaction, as text: formatted once per
+/// transaction (at Begin) and shared, instead of once per event and header.
+#[derive(Debug, PartialEq, Eq)]
+pub struct TxText {
+    /// The commit LSN, `X/Y` (`Wal-Lsn`, Lua's `event.lsn`).
+    pub lsn: String,
+    /// The transaction id (`Wal-Xid`).
+    pub xid: String,
+    /// `commitTime`, RFC 3339 UTC with microseconds.
+    pub commit_time: String,
+}
+
+impl TxText {
+    pub fn new(commit_lsn: Lsn, xid: u32, commit_time: i64) -> Arc<TxText> {
+        Arc::new(TxText {
+            lsn: commit_lsn.to_string(),
+            xid: xid.to_string(),
+            commit_time: pg_time_to_rfc3339(commit_time),
+        })
+    }
+}
+
 /// One change, as scripts and consumers see it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChangeEvent {
@@ -87,6 +109,8 @@ pub struct ChangeEvent {
     pub unchanged_toast: Vec<Arc<str>>,
     /// Set for [`Action::Message`].
     pub message: Option<MessageBody>,
+    /// `commit_lsn`, `xid` and `commit_time` as text, shared by the transaction's events.
+    pub text: Arc<TxText>,
 }
 
 impl ChangeEvent {
@@ -96,8 +120,8 @@ impl ChangeEvent {
     }
 
     /// `commitTime` as RFC 3339 UTC with microseconds.
-    pub fn commit_time_text(&self) -> String {
-        pg_time_to_rfc3339(self.commit_time)
+    pub fn commit_time_text(&self) -> &str {
+        &self.text.commit_time
     }
 }
 

@@ -17,7 +17,7 @@ use async_nats::{ConnectOptions, Event};
 use crate::config::Config;
 use crate::health;
 
-use super::PublishError;
+use crate::error::{Error, Kind, Result};
 
 /// Becomes `true` when the connection drops.
 pub type Lost = tokio::sync::watch::Receiver<bool>;
@@ -28,7 +28,7 @@ pub type Lost = tokio::sync::watch::Receiver<bool>;
 /// must not reach a server after one that was lost with the old connection, or the stream's
 /// order would break (a fault test found exactly that). The session ends instead (see
 /// [`Lost`]) and replays from the last confirmed LSN; JetStream drops what it already has.
-pub async fn client(config: &Config) -> Result<(async_nats::Client, Lost), PublishError> {
+pub async fn client(config: &Config) -> Result<(async_nats::Client, Lost)> {
     let p = &config.publisher;
     // async-nats builds its TLS config with the process-default provider; ring is the one
     // pgwire-replication installs too.
@@ -38,7 +38,12 @@ pub async fn client(config: &Config) -> Result<(async_nats::Client, Lost), Publi
         .split(',')
         .map(|a| a.trim().parse::<async_nats::ServerAddr>())
         .collect::<Result<_, _>>()
-        .map_err(|e| PublishError::Fatal(format!("publisher.address {:?}: {e}", display_address(&p.address))))?;
+        .map_err(|e| {
+            Error::new(
+                Kind::NatsConfig,
+                format!("publisher.address {:?}: {e}", display_address(&p.address)),
+            )
+        })?;
     let (lost_tx, lost) = tokio::sync::watch::channel(false);
     let lost_tx = Arc::new(lost_tx);
     let mut last_error = None;
@@ -62,14 +67,22 @@ pub async fn client(config: &Config) -> Result<(async_nats::Client, Lost), Publi
                 match e.kind() {
                     async_nats::ConnectErrorKind::AuthorizationViolation
                     | async_nats::ConnectErrorKind::Authentication => {
-                        return Err(PublishError::Fatal(format!(
-                            "NATS refused the credentials: {text} (check publisher.user/password, token, nkeySeedFile or credsFile)"
-                        )));
+                        return Err(Error::caused_by(
+                            Kind::NatsRefused,
+                            format!(
+                                "NATS refused the credentials: {text} (check publisher.user/password, token, nkeySeedFile or credsFile)"
+                            ),
+                            e,
+                        ));
                     }
                     async_nats::ConnectErrorKind::Tls => {
-                        return Err(PublishError::Fatal(format!(
-                            "TLS to NATS failed: {text} (check publisher.tlsCaFile, tlsCertFile/tlsKeyFile and that the server has TLS on)"
-                        )));
+                        return Err(Error::caused_by(
+                            Kind::NatsTls,
+                            format!(
+                                "TLS to NATS failed: {text} (check publisher.tlsCaFile, tlsCertFile/tlsKeyFile and that the server has TLS on)"
+                            ),
+                            e,
+                        ));
                     }
                     async_nats::ConnectErrorKind::Dns => {
                         last_error = Some(format!("cannot resolve the host name: {text}"));
@@ -79,15 +92,18 @@ pub async fn client(config: &Config) -> Result<(async_nats::Client, Lost), Publi
             }
         }
     }
-    Err(PublishError::Transient(format!(
-        "cannot connect to NATS at {}: {} (is nats-server running there? check publisher.address); retrying",
-        display_address(&p.address),
-        last_error.unwrap_or_default()
-    )))
+    Err(Error::new(
+        Kind::NatsUnavailable,
+        format!(
+            "cannot connect to NATS at {}: {} (is nats-server running there? check publisher.address); retrying",
+            display_address(&p.address),
+            last_error.unwrap_or_default()
+        ),
+    ))
 }
 
 /// Options for one connection attempt: authentication, TLS, no reconnects, and the events.
-async fn options(config: &Config, lost: Arc<tokio::sync::watch::Sender<bool>>) -> Result<ConnectOptions, PublishError> {
+async fn options(config: &Config, lost: Arc<tokio::sync::watch::Sender<bool>>) -> Result<ConnectOptions> {
     let p = &config.publisher;
     let mut options = ConnectOptions::new()
         .name("wal-listener")
@@ -98,17 +114,24 @@ async fn options(config: &Config, lost: Arc<tokio::sync::watch::Sender<bool>>) -
         options = options
             .credentials_file(config.resolve(path))
             .await
-            .map_err(|e| PublishError::Fatal(format!("publisher.credsFile {}: {e}", path.display())))?;
+            .map_err(|e| Error::new(Kind::NatsConfig, format!("publisher.credsFile {}: {e}", path.display())))?;
     }
     if let Some(path) = &p.nkey_seed_file {
-        let seed = std::fs::read_to_string(config.resolve(path))
-            .map_err(|e| PublishError::Fatal(format!("publisher.nkeySeedFile {}: {e}", path.display())))?;
+        let seed = std::fs::read_to_string(config.resolve(path)).map_err(|e| {
+            Error::new(
+                Kind::NatsConfig,
+                format!("publisher.nkeySeedFile {}: {e}", path.display()),
+            )
+        })?;
         let seed = seed.trim();
         if !seed.starts_with('S') {
-            return Err(PublishError::Fatal(format!(
-                "publisher.nkeySeedFile {} does not hold an NKey seed (a line starting with 'S', e.g. SUA…)",
-                path.display()
-            )));
+            return Err(Error::new(
+                Kind::NatsConfig,
+                format!(
+                    "publisher.nkeySeedFile {} does not hold an NKey seed (a line starting with 'S', e.g. SUA…)",
+                    path.display()
+                ),
+            ));
         }
         options = options.nkey(seed.to_string());
     }

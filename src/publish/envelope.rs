@@ -100,8 +100,8 @@ pub(super) const CONTENT_TYPE: HeaderName = HeaderName::from_static("Content-Typ
 fn base_headers(event: &ChangeEvent, msg_id: String) -> HeaderMap {
     let mut headers = HeaderMap::new();
     headers.insert(NATS_MSG_ID, msg_id);
-    headers.insert(WAL_LSN, event.commit_lsn.text());
-    headers.insert(WAL_XID, itoa::Buffer::new().format(event.xid));
+    headers.insert(WAL_LSN, event.text.lsn.as_str());
+    headers.insert(WAL_XID, event.text.xid.as_str());
     // Schema and table names may contain line breaks, which a header value cannot (the
     // payload keeps the exact names).
     headers.insert(WAL_SCHEMA, &*flat(&event.schema));

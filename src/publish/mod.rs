@@ -14,7 +14,8 @@
 
 mod connect;
 mod envelope;
-mod stream;
+pub(crate) mod stage;
+pub(crate) mod stream;
 
 use std::time::Duration;
 
@@ -22,6 +23,7 @@ use async_nats::StatusCode;
 use futures::StreamExt;
 
 use crate::config::{Config, PublisherKind};
+use crate::error::{Error, Kind, Result};
 
 pub use connect::{client, display_address};
 pub use envelope::{OutMessage, dead_letter, envelope};
@@ -30,26 +32,6 @@ pub use stream::{RETRY_HORIZON, jetstream_unavailable, subject_covers};
 /// How long JetStream may go without acknowledging anything while messages are in flight
 /// before we give up on the connection.
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A publishing failure, by what the pipeline must do about it.
-#[derive(Debug, thiserror::Error)]
-pub enum PublishError {
-    /// Reconnect and replay from the last confirmed LSN.
-    #[error("{0}")]
-    Transient(String),
-    /// JetStream answered a publish with "no responders" (503). That is what a server answers
-    /// while JetStream shuts down or starts, what a cluster answers during a leader election —
-    /// and what it answers when no stream captures the subject. Transient until JetStream,
-    /// once it answers again, says that no stream captures the subject ([`Sink::captures`]).
-    #[error("JetStream answered \"no responders\" to a publish")]
-    NoResponders,
-    /// This one message cannot be published (too large): `scripts.onError` decides.
-    #[error("{0}")]
-    Rejected(String),
-    /// An operator must act.
-    #[error("{0}")]
-    Fatal(String),
-}
 
 /// Where messages go.
 pub enum Sink {
@@ -79,7 +61,7 @@ use connect::Lost;
 
 impl Sink {
     /// Connect (and for JetStream, check or create the stream and subscribe to the acks).
-    pub async fn connect(config: &Config) -> Result<(Sink, AckReplies), PublishError> {
+    pub async fn connect(config: &Config) -> Result<(Sink, AckReplies)> {
         let p = &config.publisher;
         if p.kind == PublisherKind::Stdout {
             crate::health::nats_client().connected(true);
@@ -103,18 +85,24 @@ impl Sink {
         }
         if !client.server_info().jetstream {
             crate::metrics::jetstream_unavailable();
-            return Err(PublishError::Transient(format!(
-                "the NATS server at {} does not have JetStream enabled: start nats-server with -js (or a jetstream {{}} block in its config), or set publisher.type: nats-core; retrying",
-                display_address(&p.address)
-            )));
+            return Err(Error::new(
+                Kind::JetStreamUnavailable,
+                format!(
+                    "the NATS server at {} does not have JetStream enabled: start nats-server with -js (or a jetstream {{}} block in its config), or set publisher.type: nats-core; retrying",
+                    display_address(&p.address)
+                ),
+            ));
         }
         let js = context(&client);
         stream::ensure(&js, config).await?;
         let inbox = client.new_inbox();
-        let sub = client
-            .subscribe(format!("{inbox}.*"))
-            .await
-            .map_err(|e| PublishError::Transient(format!("NATS subscribe to the ack inbox: {e}")))?;
+        let sub = client.subscribe(format!("{inbox}.*")).await.map_err(|e| {
+            Error::caused_by(
+                Kind::NatsUnavailable,
+                format!("NATS subscribe to the ack inbox: {e}"),
+                e,
+            )
+        })?;
         let reply_prefix = format!("{inbox}.");
         let replies = AckReplies {
             sub: Some(sub),
@@ -133,7 +121,7 @@ impl Sink {
     /// Whether a stream captures `subject`, asked of JetStream. After a publish to `subject`
     /// was answered "no responders", this tells an outage (JetStream does not answer: retry)
     /// from a subject no stream captures (JetStream answers that none does: fatal).
-    pub async fn captures(&self, subject: &str, topic: &str) -> Result<(), PublishError> {
+    pub async fn captures(&self, subject: &str, topic: &str) -> Result<()> {
         let Sink::JetStream { client, .. } = self else {
             return Ok(());
         };
@@ -154,7 +142,7 @@ impl Sink {
     }
 
     /// Hand message number `seq` to the server.
-    pub async fn send(&self, msg: OutMessage, seq: u64) -> Result<Sent, PublishError> {
+    pub async fn send(&self, msg: OutMessage, seq: u64) -> Result<Sent> {
         match self {
             Sink::JetStream {
                 client, reply_prefix, ..
@@ -179,7 +167,7 @@ impl Sink {
                 tokio::io::stdout()
                     .write_all(&stdout_line(&msg))
                     .await
-                    .map_err(|e| PublishError::Fatal(format!("stdout: {e}")))?;
+                    .map_err(|e| Error::caused_by(Kind::Output, format!("cannot write to standard output: {e}"), e))?;
                 Ok(Sent::Done)
             }
         }
@@ -194,12 +182,12 @@ impl Sink {
     }
 
     /// Wait until everything sent so far has left the client (core NATS).
-    pub async fn flush(&self) -> Result<(), PublishError> {
+    pub async fn flush(&self) -> Result<()> {
         match self {
             Sink::JetStream { client, .. } | Sink::Core { client, .. } => client
                 .flush()
                 .await
-                .map_err(|e| PublishError::Transient(format!("NATS flush: {e}"))),
+                .map_err(|e| Error::caused_by(Kind::NatsUnavailable, format!("NATS flush: {e}"), e)),
             Sink::Stdout => Ok(()),
         }
     }
@@ -212,12 +200,12 @@ impl Sink {
 async fn handed_over(
     publish: impl std::future::Future<Output = Result<(), async_nats::client::PublishError>>,
     timeout: Duration,
-) -> Result<(), PublishError> {
+) -> Result<()> {
     let mut publish = std::pin::pin!(publish);
     let done = match futures::FutureExt::now_or_never(publish.as_mut()) {
         Some(done) => done,
         None => tokio::time::timeout(timeout, publish).await.map_err(|_| {
-            PublishError::Transient(format!(
+            Error::new(Kind::NatsUnavailable, format!(
                 "NATS took no message for {timeout:?} (the server stopped reading); replaying from the last confirmed position"
             ))
         })?,
@@ -225,13 +213,25 @@ async fn handed_over(
     done.map_err(client_error)
 }
 
-fn client_error(e: async_nats::client::PublishError) -> PublishError {
+fn client_error(e: async_nats::client::PublishError) -> Error {
     use async_nats::client::PublishErrorKind as K;
     match e.kind() {
-        K::MaxPayloadExceeded => PublishError::Rejected(format!("message too large for NATS: {e}")),
-        K::InvalidSubject => PublishError::Rejected(format!("NATS refuses the subject: {e}")),
-        K::Send => PublishError::Transient(format!("NATS publish: {e}")),
+        // Size and subjects are checked before a message is sent (`script::on_error`,
+        // `script::output`): the client refusing one is a bug, not something to retry.
+        K::MaxPayloadExceeded | K::InvalidSubject => Error::caused_by(
+            Kind::MessageRefused,
+            format!("the NATS client refused a message: {e}; please report this"),
+            e,
+        ),
+        K::Send => Error::caused_by(Kind::NatsUnavailable, format!("NATS publish: {e}"), e),
     }
+}
+
+fn connection_lost() -> Error {
+    Error::new(
+        Kind::NatsUnavailable,
+        "the NATS connection was lost; replaying from the last confirmed position",
+    )
 }
 
 /// A JetStream context whose API requests wait at most [`ACK_TIMEOUT`].
@@ -249,24 +249,38 @@ pub struct AckReplies {
     prefix_len: usize,
 }
 
-/// One acknowledgement: the message's sequence number and whether JetStream stored it.
+/// One acknowledgement: the message's sequence number and what JetStream did with it.
 #[derive(Debug)]
 pub struct Ack {
     pub seq: u64,
-    pub outcome: Result<(), PublishError>,
+    pub outcome: Outcome,
+}
+
+/// What JetStream answered to one publish.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Stored (maybe as a duplicate within the window).
+    Stored,
+    /// 503 "no responders": JetStream stopping, starting or electing a leader — or no stream
+    /// captures the subject. Which one is asked of JetStream after reconnecting
+    /// ([`Sink::captures`]).
+    NoResponders,
+    /// Not stored, for the reason given (a stream limit, say): replay.
+    NotStored(Error),
 }
 
 impl AckReplies {
     /// The next acknowledgement; pending forever when there are none to wait for. An error
     /// when the subscription ended (the connection is gone).
-    pub async fn next(&mut self) -> Result<Ack, PublishError> {
+    pub async fn next(&mut self) -> Result<Ack> {
         let Some(sub) = &mut self.sub else {
             return std::future::pending().await;
         };
         loop {
             let Some(msg) = sub.next().await else {
-                return Err(PublishError::Transient(
-                    "the NATS connection closed while acknowledgements were awaited".into(),
+                return Err(Error::new(
+                    Kind::NatsUnavailable,
+                    "the NATS connection closed while acknowledgements were awaited; replaying from the last confirmed position",
                 ));
             };
             // A subject that is not `<inbox>.<number>` cannot be ours: ignore it.
@@ -280,14 +294,14 @@ impl AckReplies {
     }
 
     /// The next acknowledgement if one has already arrived.
-    pub fn try_next(&mut self) -> Option<Result<Ack, PublishError>> {
+    pub fn try_next(&mut self) -> Option<Result<Ack>> {
         futures::FutureExt::now_or_never(self.next())
     }
 }
 
 /// What a PubAck says: `{"stream":…,"seq":…}` (stored, maybe as a duplicate) or
-/// `{"error":{…}}`; a "no responders" status when no stream captures the subject.
-fn outcome(msg: &async_nats::Message) -> Result<(), PublishError> {
+/// `{"error":{…}}`; a "no responders" status when JetStream did not answer.
+fn outcome(msg: &async_nats::Message) -> Outcome {
     #[derive(serde::Deserialize)]
     struct Reply<'a> {
         #[serde(borrow)]
@@ -302,29 +316,30 @@ fn outcome(msg: &async_nats::Message) -> Result<(), PublishError> {
         #[serde(borrow, default)]
         description: std::borrow::Cow<'a, str>,
     }
+    let not_stored = |message: String| Outcome::NotStored(Error::new(Kind::NatsUnavailable, message));
     match msg.status {
         None | Some(StatusCode::OK) => {}
-        Some(StatusCode::NO_RESPONDERS) => return Err(PublishError::NoResponders),
+        Some(StatusCode::NO_RESPONDERS) => return Outcome::NoResponders,
         Some(status) => {
-            return Err(PublishError::Transient(format!(
+            return not_stored(format!(
                 "JetStream answered a publish with status {status}{}",
                 msg.description
                     .as_deref()
                     .map(|d| format!(" ({d})"))
                     .unwrap_or_default()
-            )));
+            ));
         }
     }
     match serde_json::from_slice::<Reply>(&msg.payload) {
-        Ok(Reply { error: None }) => Ok(()),
-        Ok(Reply { error: Some(e) }) => Err(PublishError::Transient(format!(
+        Ok(Reply { error: None }) => Outcome::Stored,
+        Ok(Reply { error: Some(e) }) => not_stored(format!(
             "JetStream did not store a message: {} (code {}, err_code {})",
             e.description, e.code, e.err_code
-        ))),
-        Err(e) => Err(PublishError::Transient(format!(
+        )),
+        Err(e) => not_stored(format!(
             "unreadable JetStream acknowledgement ({e}): {}",
             String::from_utf8_lossy(&msg.payload)
-        ))),
+        )),
     }
 }
 
@@ -368,22 +383,30 @@ mod tests {
 
     #[test]
     fn stored_and_duplicate_acks_are_success() {
-        assert!(outcome(&reply(r#"{"stream":"s","seq":5}"#, None)).is_ok());
-        assert!(outcome(&reply(r#"{"stream":"s","seq":5,"duplicate":true}"#, None)).is_ok());
+        assert!(matches!(
+            outcome(&reply(r#"{"stream":"s","seq":5}"#, None)),
+            Outcome::Stored
+        ));
+        assert!(matches!(
+            outcome(&reply(r#"{"stream":"s","seq":5,"duplicate":true}"#, None)),
+            Outcome::Stored
+        ));
     }
 
     #[test]
     fn a_refusal_is_transient_and_says_why() {
         let refused = r#"{"error":{"code":503,"err_code":10077,"description":"maximum messages exceeded"}}"#;
         match outcome(&reply(refused, None)) {
-            Err(PublishError::Transient(m)) => {
-                assert!(m.contains("maximum messages exceeded") && m.contains("10077"), "{m}")
+            Outcome::NotStored(e) => {
+                let m = e.to_string();
+                assert!(m.contains("maximum messages exceeded") && m.contains("10077"), "{m}");
+                assert_eq!(e.disposition(), crate::error::Disposition::Transient);
             }
             other => panic!("{other:?}"),
         }
         assert!(matches!(
             outcome(&reply("not json", None)),
-            Err(PublishError::Transient(m)) if m.contains("not json")
+            Outcome::NotStored(e) if e.to_string().contains("not json")
         ));
     }
 
@@ -391,7 +414,7 @@ mod tests {
     async fn a_client_that_takes_no_message_is_given_up_on() {
         let stuck = std::future::pending::<Result<(), async_nats::client::PublishError>>();
         match handed_over(stuck, Duration::from_millis(50)).await {
-            Err(PublishError::Transient(m)) => assert!(m.contains("NATS took no message for 50ms"), "{m}"),
+            Err(e) => assert!(e.to_string().contains("NATS took no message for 50ms"), "{e}"),
             other => panic!("{other:?}"),
         }
         let slow = async {
@@ -408,7 +431,7 @@ mod tests {
         // stream captures: which one it was is asked of JetStream after reconnecting.
         assert!(matches!(
             outcome(&reply("", Some(StatusCode::NO_RESPONDERS))),
-            Err(PublishError::NoResponders)
+            Outcome::NoResponders
         ));
     }
 }

@@ -27,9 +27,9 @@ impl UserData for EventData {
         fields.add_field_method_get("schema", |lua, e| name_string(lua, &e.0.schema));
         fields.add_field_method_get("table", |lua, e| name_string(lua, &e.0.table));
         fields.add_field_method_get("action", |lua, e| action_string(lua, e.0.action));
-        fields.add_field_method_get("lsn", |_, e| Ok(e.0.commit_lsn.to_string()));
+        fields.add_field_method_get("lsn", |lua, e| lua.create_string(&e.0.text.lsn));
         fields.add_field_method_get("xid", |_, e| Ok(i64::from(e.0.xid)));
-        fields.add_field_method_get("commitTime", |_, e| Ok(e.0.commit_time_text()));
+        fields.add_field_method_get("commitTime", |lua, e| lua.create_string(e.0.commit_time_text()));
         fields.add_field_method_get("data", |lua, e| row_table(lua, &e.0.data));
         fields.add_field_method_get("dataOld", |lua, e| row_table(lua, &e.0.data_old));
         fields.add_field_method_get("unchangedToast", |lua, e| {

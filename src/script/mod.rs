@@ -15,6 +15,7 @@
 pub mod cases;
 mod handoff;
 mod memo;
+pub(crate) mod on_error;
 mod output;
 pub mod reload;
 mod sandbox;
@@ -28,6 +29,7 @@ use mlua::{Function, Lua, MultiValue};
 use crate::config::Config;
 use crate::event::ChangeEvent;
 
+pub use on_error::ScriptVersion;
 pub use output::{Payload, Routed};
 
 /// Source of the `wal` library.

@@ -35,6 +35,16 @@ pub struct Version {
     pub number: u64,
 }
 
+impl Version {
+    /// How events routed by this version are labelled in logs.
+    pub fn script_version(&self) -> super::ScriptVersion {
+        super::ScriptVersion {
+            name: std::sync::Arc::from(self.router.name()),
+            number: self.number,
+        }
+    }
+}
+
 /// Compile the configured script and run its cases; the reason on failure.
 pub fn build(config: &Config) -> Result<Router, String> {
     let router = Router::from_config(config).map_err(|e| e.to_string())?;

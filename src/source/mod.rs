@@ -16,8 +16,11 @@
 //! the deterministic event ids let JetStream drop what it already stored.
 
 mod auth;
+mod catalog;
+pub(crate) mod inspect;
 mod pgwire;
 pub mod setup;
+pub(crate) mod sql;
 pub mod tls;
 
 use bytes::Bytes;
@@ -25,6 +28,7 @@ use bytes::Bytes;
 use crate::decode;
 use crate::lsn::Lsn;
 
+pub(crate) use catalog::Catalog;
 pub use pgwire::PgwireReplication;
 
 /// One frame from the replication stream.
@@ -38,24 +42,10 @@ pub enum Frame {
     KeepAlive(Lsn),
 }
 
-/// A replication or setup failure, classified by what the service must do about it.
-#[derive(Debug, thiserror::Error)]
-pub enum SourceError {
-    /// Worth retrying: the server is down, restarting, in recovery, or the slot is busy.
-    #[error("{0}")]
-    Transient(String),
-    /// Retrying cannot help: an operator must act (the message says how).
-    #[error("{0}")]
-    Fatal(String),
-    /// Another connection streams from the slot: wait as a standby.
-    #[error("{0}")]
-    SlotBusy(String),
-}
-
 /// A logical replication stream.
 pub trait Replication: Send {
     /// The next frame; `Ok(None)` when the stream ended.
-    fn recv(&mut self) -> impl std::future::Future<Output = Result<Option<Frame>, SourceError>> + Send;
+    fn recv(&mut self) -> impl std::future::Future<Output = crate::error::Result<Option<Frame>>> + Send;
     /// Report everything up to `lsn` as flushed (sent with the next standby status update).
     fn confirm(&self, lsn: Lsn);
     /// Wait (at most `deadline`) until the last confirmed LSN has been sent to the server.

@@ -13,7 +13,8 @@ use crate::decode::{self, Begin, Commit, LogicalMessage, Message};
 use crate::lsn::Lsn;
 use crate::metrics;
 
-use super::{Frame, Replication, SESSION_OPTIONS, SourceError};
+use super::{Frame, Replication, SESSION_OPTIONS};
+use crate::error::{Error, Kind, Result};
 
 /// A started logical replication stream.
 pub struct PgwireReplication {
@@ -23,7 +24,7 @@ pub struct PgwireReplication {
 impl PgwireReplication {
     /// Connect, authenticate and `START_REPLICATION` from `start` (the slot's confirmed LSN).
     /// Returns once the server accepted the start, so the slot is held by this session.
-    pub async fn start(config: &Config, start: Lsn) -> Result<Self, SourceError> {
+    pub async fn start(config: &Config, start: Lsn) -> Result<Self> {
         let db = &config.database;
         let password = db.password.as_ref().map(config::Secret::expose).unwrap_or_default();
         let publication = format!("\"{}\"", config.listener.publication.replace('"', "\"\""));
@@ -54,8 +55,9 @@ impl PgwireReplication {
         match tokio::time::timeout(Duration::from_secs(60), client.wait_started()).await {
             Ok(Ok(())) => Ok(PgwireReplication { client }),
             Ok(Err(e)) => Err(classify(e)),
-            Err(_) => Err(SourceError::Transient(
-                "START_REPLICATION was not answered within 60s".into(),
+            Err(_) => Err(Error::new(
+                Kind::PgUnavailable,
+                "START_REPLICATION was not answered within 60s; retrying",
             )),
         }
     }
@@ -63,7 +65,7 @@ impl PgwireReplication {
 
 /// The same policy as the SQL connection's ([`super::tls`]): libpq's sslmode semantics,
 /// `require` with a root certificate verifies like `verify-ca`.
-fn tls_config(config: &Config) -> Result<TlsConfig, SourceError> {
+fn tls_config(config: &Config) -> Result<TlsConfig> {
     let db = &config.database;
     let root = db.ssl_root_cert.as_deref().map(|p| config.resolve(p));
     let mut tls = match super::tls::effective_mode(db) {
@@ -82,31 +84,46 @@ fn tls_config(config: &Config) -> Result<TlsConfig, SourceError> {
     Ok(tls)
 }
 
-/// Sort the crate's errors into retry-or-stop.
-fn classify(e: pgwire_replication::PgWireError) -> SourceError {
+/// Name what the crate's error means; [`crate::error`] decides what to do about it.
+fn classify(e: pgwire_replication::PgWireError) -> Error {
     use pgwire_replication::PgWireError as E;
     let text = e.to_string();
-    match e {
-        E::Auth(_) => SourceError::Fatal(format!(
-            "PostgreSQL refused the replication login: {text} (check database.user/database.password and pg_hba.conf: the user needs the REPLICATION attribute and a 'replication' line)"
-        )),
-        E::Tls(_) => SourceError::Fatal(format!(
-            "TLS to PostgreSQL failed: {text} (check database.sslMode and database.sslRootCert)"
-        )),
-        E::Server(ref msg) if msg.contains("is active for PID") => SourceError::SlotBusy(text),
+    let (kind, message) = match e {
+        E::Auth(_) => (
+            Kind::PgRefused,
+            format!(
+                "PostgreSQL refused the replication login: {text} (check database.user/database.password and pg_hba.conf: the user needs the REPLICATION attribute and a 'replication' line)"
+            ),
+        ),
+        E::Tls(_) => (
+            Kind::PgTls,
+            format!("TLS to PostgreSQL failed: {text} (check database.sslMode and database.sslRootCert)"),
+        ),
+        E::Server(ref msg) if msg.contains("55006") || msg.contains("is active for PID") => (Kind::SlotBusy, text),
         E::Server(ref msg) if is_fatal_server_error(msg) => {
             let lower = msg.to_ascii_lowercase();
-            let hint = if lower.contains("publication") && lower.contains("does not exist") {
-                " (dropped while wal-listener ran?): recreate it with the tables it should publish (e.g. CREATE PUBLICATION … FOR ALL TABLES), then restart wal-listener"
+            let (kind, hint) = if lower.contains("publication") && lower.contains("does not exist") {
+                (
+                    Kind::SlotLost,
+                    " (dropped while wal-listener ran?): recreate it with the tables it should publish (e.g. CREATE PUBLICATION … FOR ALL TABLES), then restart wal-listener",
+                )
             } else if lower.contains("replication slot") && lower.contains("does not exist") {
-                " (dropped while wal-listener ran?): the changes it held are lost; restart wal-listener to create a new slot, and re-sync consumers for the gap"
+                (
+                    Kind::SlotLost,
+                    " (dropped while wal-listener ran?): the changes it held are lost; restart wal-listener to create a new slot, and re-sync consumers for the gap",
+                )
             } else {
-                ""
+                (Kind::PgRefused, "")
             };
-            SourceError::Fatal(format!("PostgreSQL refused replication: {text}{hint}"))
+            (kind, format!("PostgreSQL refused replication: {text}{hint}"))
         }
-        _ => SourceError::Transient(format!("replication connection: {text}")),
-    }
+        E::MessageTooLarge { .. } => (
+            Kind::Protocol,
+            format!("replication connection: {text}; please report this with the PostgreSQL version"),
+        ),
+        _ => (Kind::PgUnavailable, format!("replication connection: {text}; retrying")),
+    };
+    Error::caused_by(kind, message, e)
 }
 
 /// Server errors no retry can fix: a missing slot or publication (dropped by someone while we
@@ -121,7 +138,7 @@ fn is_fatal_server_error(msg: &str) -> bool {
 }
 
 impl Replication for PgwireReplication {
-    async fn recv(&mut self) -> Result<Option<Frame>, SourceError> {
+    async fn recv(&mut self) -> Result<Option<Frame>> {
         let event = match self.client.recv().await {
             Ok(Some(event)) => event,
             Ok(None) => return Ok(None),

@@ -34,7 +34,7 @@ use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect};
 
 use crate::config::{Config, Database, SslMode};
 
-use super::SourceError;
+use crate::error::{Error, Kind};
 
 /// The mode actually used for `db`: Unix sockets never use TLS, and `require` with a root
 /// certificate verifies it (libpq's rule).
@@ -49,7 +49,7 @@ pub fn effective_mode(db: &Database) -> SslMode {
 }
 
 /// A tokio-postgres TLS connector for the configured mode; `None` for `disable`.
-pub fn connector(config: &Config) -> Result<Option<MakeTls>, SourceError> {
+pub fn connector(config: &Config) -> Result<Option<MakeTls>, Error> {
     let db = &config.database;
     let mode = effective_mode(db);
     if mode == SslMode::Disable {
@@ -58,7 +58,7 @@ pub fn connector(config: &Config) -> Result<Option<MakeTls>, SourceError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
-        .map_err(|e| SourceError::Fatal(format!("TLS setup: {e}")))?;
+        .map_err(|e| Error::new(Kind::PgTls, format!("TLS setup: {e}")))?;
     let roots = Arc::new(root_store(config)?);
     let verifier: Arc<dyn ServerCertVerifier> = match mode {
         SslMode::Disable | SslMode::Prefer | SslMode::Require => Arc::new(AnyCertificate {
@@ -67,7 +67,7 @@ pub fn connector(config: &Config) -> Result<Option<MakeTls>, SourceError> {
         SslMode::VerifyCa | SslMode::VerifyFull => {
             let webpki = WebPkiServerVerifier::builder_with_provider(roots, Arc::clone(&provider))
                 .build()
-                .map_err(|e| SourceError::Fatal(format!("database.sslRootCert: {e}")))?;
+                .map_err(|e| Error::new(Kind::PgTls, format!("database.sslRootCert: {e}")))?;
             if mode == SslMode::VerifyCa {
                 Arc::new(ChainOnly(webpki))
             } else {
@@ -80,12 +80,12 @@ pub fn connector(config: &Config) -> Result<Option<MakeTls>, SourceError> {
         (Some(cert), Some(key)) => {
             let chain = CertificateDer::pem_file_iter(config.resolve(cert))
                 .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| SourceError::Fatal(format!("database.sslCert {}: {e}", cert.display())))?;
+                .map_err(|e| Error::new(Kind::PgTls, format!("database.sslCert {}: {e}", cert.display())))?;
             let key_der = PrivateKeyDer::from_pem_file(config.resolve(key))
-                .map_err(|e| SourceError::Fatal(format!("database.sslKey {}: {e}", key.display())))?;
+                .map_err(|e| Error::new(Kind::PgTls, format!("database.sslKey {}: {e}", key.display())))?;
             builder
                 .with_client_auth_cert(chain, key_der)
-                .map_err(|e| SourceError::Fatal(format!("database.sslCert/sslKey: {e}")))?
+                .map_err(|e| Error::new(Kind::PgTls, format!("database.sslCert/sslKey: {e}")))?
         }
         _ => builder.with_no_client_auth(),
     };
@@ -93,19 +93,22 @@ pub fn connector(config: &Config) -> Result<Option<MakeTls>, SourceError> {
 }
 
 /// `sslRootCert`, or the Mozilla roots (as pgwire-replication uses).
-fn root_store(config: &Config) -> Result<RootCertStore, SourceError> {
+fn root_store(config: &Config) -> Result<RootCertStore, Error> {
     let mut roots = RootCertStore::empty();
     match &config.database.ssl_root_cert {
         Some(path) => {
             let certs = CertificateDer::pem_file_iter(config.resolve(path))
                 .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| SourceError::Fatal(format!("database.sslRootCert {}: {e}", path.display())))?;
+                .map_err(|e| Error::new(Kind::PgTls, format!("database.sslRootCert {}: {e}", path.display())))?;
             let (added, _) = roots.add_parsable_certificates(certs);
             if added == 0 {
-                return Err(SourceError::Fatal(format!(
-                    "database.sslRootCert {}: no usable CA certificate in the file",
-                    path.display()
-                )));
+                return Err(Error::new(
+                    Kind::PgTls,
+                    format!(
+                        "database.sslRootCert {}: no usable CA certificate in the file",
+                        path.display()
+                    ),
+                ));
             }
         }
         None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),

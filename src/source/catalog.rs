@@ -7,8 +7,9 @@
 //! 1. reads every domain, every array type and every user type (a few hundred rows) before
 //!    streaming starts, and
 //! 2. when a Relation or Type message names a user type the registry does not know (created
-//!    while we ran), looks that type up — and then its element or base type, if that is
-//!    unknown too — before the transform loop decodes the next message.
+//!    while we ran), looks that type up ([`Catalog::find`]) — and then its element or base
+//!    type, if that is unknown too — before the transform decodes the next message. The
+//!    session loop asks the transform what is missing and hands it what was found.
 //!
 //! Lookups are rare (once per new type) and small; a failed one ends the session like any
 //! other lost connection, and the next session reads the catalog afresh. A type the stream
@@ -20,11 +21,13 @@ use std::time::{Duration, Instant};
 use tokio_postgres::Row;
 
 use crate::config::Config;
-use crate::event::{Assembler, PgType, TypeKind, TypeRegistry};
-use crate::source::{SourceError, setup};
+use crate::error::{Error, Kind, Result};
+use crate::event::{PgType, TypeKind, TypeRegistry};
+
+use super::sql::{self, classify};
 
 /// How long a type named by the stream may stay invisible in pg_type before it is taken as
-/// dropped (see [`Catalog::resolve`]).
+/// dropped (see [`Catalog::find`]).
 const VISIBILITY_WAIT: Duration = Duration::from_secs(3);
 
 const COLUMNS: &str = "SELECT t.oid, t.typtype, t.typbasetype, t.typelem, \
@@ -32,22 +35,22 @@ const COLUMNS: &str = "SELECT t.oid, t.typtype, t.typbasetype, t.typelem, \
      FROM pg_type t LEFT JOIN pg_type e ON e.oid = t.typelem";
 
 /// A SQL connection for reading `pg_type`.
-pub struct Catalog {
+pub(crate) struct Catalog {
     client: tokio_postgres::Client,
 }
 
 impl Catalog {
     /// Connect with the configured credentials.
-    pub async fn connect(config: &Config) -> Result<Catalog, SourceError> {
+    pub async fn connect(config: &Config) -> Result<Catalog> {
         Ok(Catalog {
-            client: setup::connect(config).await?,
+            client: sql::connect(config).await?,
         })
     }
 
     /// Every domain, array type and user type.
-    pub async fn registry(&self) -> Result<TypeRegistry, SourceError> {
+    pub async fn registry(&self) -> Result<TypeRegistry> {
         let sql = format!("{COLUMNS} WHERE t.typtype = 'd' OR e.typarray = t.oid OR t.oid >= 16384");
-        let rows = self.client.query(&sql, &[]).await.map_err(|e| setup::classify(&e))?;
+        let rows = self.client.query(&sql, &[]).await.map_err(classify)?;
         let mut registry = TypeRegistry::new();
         for row in &rows {
             registry.insert(pg_type(row)?);
@@ -57,50 +60,35 @@ impl Catalog {
     }
 
     /// The rows of the given type OIDs (those that still exist).
-    pub async fn lookup(&self, oids: &[u32]) -> Result<Vec<PgType>, SourceError> {
+    async fn lookup(&self, oids: &[u32]) -> Result<Vec<PgType>> {
         let sql = format!("{COLUMNS} WHERE t.oid = ANY($1)");
         let oids: Vec<u32> = oids.to_vec();
-        let rows = self
-            .client
-            .query(&sql, &[&oids])
-            .await
-            .map_err(|e| setup::classify(&e))?;
+        let rows = self.client.query(&sql, &[&oids]).await.map_err(classify)?;
         rows.iter().map(pg_type).collect()
     }
 
-    /// Fetch whatever types the assembler is missing; a no-op (no query) when it misses none.
+    /// The `pg_type` rows of `oids`: `Some` with what was found (at least one), or `None` when
+    /// none became visible within [`VISIBILITY_WAIT`] — dropped since: map them to text.
     ///
     /// A type created in the same transaction as the change can be decoded a moment before
     /// that commit is visible to other sessions (the walsender sees the commit record before
     /// the committing backend leaves the proc array), so a type not found is asked for again
-    /// with a short backoff. Only after [`VISIBILITY_WAIT`] is it taken as dropped since and
-    /// mapped to text.
-    pub async fn resolve(&self, assembler: &mut Assembler) -> Result<(), SourceError> {
-        // Called after every frame: the common case (nothing missing) must cost nothing.
-        if assembler.missing_types().is_empty() {
-            return Ok(());
-        }
+    /// with a short backoff.
+    pub async fn find(&self, oids: &[u32]) -> Result<Option<Vec<PgType>>> {
         let deadline = Instant::now() + VISIBILITY_WAIT;
         let mut pause = Duration::from_millis(5);
         loop {
-            let missing = assembler.missing_types().to_vec();
-            if missing.is_empty() {
-                return Ok(());
-            }
-            let found = self.lookup(&missing).await?;
-            tracing::debug!(asked = ?missing, found = found.len(), "looked up new user types");
-            let progressed = !found.is_empty();
-            assembler.add_types(found);
-            if progressed {
-                continue;
+            let found = self.lookup(oids).await?;
+            tracing::debug!(asked = ?oids, found = found.len(), "looked up new user types");
+            if !found.is_empty() {
+                return Ok(Some(found));
             }
             if Instant::now() >= deadline {
                 tracing::warn!(
-                    types = ?missing,
+                    types = ?oids,
                     "types named by the replication stream are not in pg_type (dropped since?); their values are published as PostgreSQL's text"
                 );
-                assembler.give_up_missing_types();
-                return Ok(());
+                return Ok(None);
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(200));
@@ -108,8 +96,8 @@ impl Catalog {
     }
 }
 
-fn pg_type(row: &Row) -> Result<PgType, SourceError> {
-    let get = |e: tokio_postgres::Error| SourceError::Transient(format!("reading pg_type: {e}"));
+fn pg_type(row: &Row) -> Result<PgType> {
+    let get = |e: tokio_postgres::Error| Error::caused_by(Kind::PgUnavailable, format!("reading pg_type: {e}"), e);
     let oid: u32 = row.try_get("oid").map_err(get)?;
     let typtype: i8 = row.try_get("typtype").map_err(get)?;
     let base: u32 = row.try_get("typbasetype").map_err(get)?;

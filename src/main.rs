@@ -67,7 +67,9 @@ fn main() -> ExitCode {
         Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("wal-listener: {e}");
-            return ExitCode::from(2);
+            // For a HEALTHCHECK, 1 is "unhealthy" and 2 is reserved.
+            let code = if matches!(cli.command, Some(Command::Health)) { 1 } else { 2 };
+            return ExitCode::from(code);
         }
     };
     match cli.command.unwrap_or(Command::Run) {

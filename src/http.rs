@@ -204,6 +204,15 @@ mod tests {
     }
 
     #[test]
+    fn a_privileged_port_says_why_it_cannot_be_bound() {
+        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        assert!(privileged_hint(&denied, 80).contains("uid 10001"));
+        assert_eq!(privileged_hint(&denied, 8080), "");
+        let in_use = std::io::Error::from(std::io::ErrorKind::AddrInUse);
+        assert_eq!(privileged_hint(&in_use, 80), "");
+    }
+
+    #[test]
     fn prom_addr_forms() {
         assert_eq!(split_host_port(":2112"), Some(("", 2112)));
         assert_eq!(split_host_port("127.0.0.1:9000"), Some(("127.0.0.1", 9000)));

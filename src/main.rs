@@ -68,7 +68,11 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("wal-listener: {e}");
             // For a HEALTHCHECK, 1 is "unhealthy" and 2 is reserved.
-            let code = if matches!(cli.command, Some(Command::Health)) { 1 } else { 2 };
+            let code = if matches!(cli.command, Some(Command::Health)) {
+                1
+            } else {
+                2
+            };
             return ExitCode::from(code);
         }
     };

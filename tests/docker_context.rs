@@ -22,7 +22,9 @@ fn copy_sources(dockerfile: &str) -> Vec<String> {
             continue;
         }
         let paths: Vec<&str> = args.into_iter().filter(|a| !a.starts_with("--")).collect();
-        let Some((_dest, srcs)) = paths.split_last() else { continue };
+        let Some((_dest, srcs)) = paths.split_last() else {
+            continue;
+        };
         sources.extend(srcs.iter().filter(|s| !s.contains('$')).map(|s| s.to_string()));
     }
     sources
@@ -83,8 +85,8 @@ fn fetch_in_context(dockerfile: &str) -> Result<(), String> {
 
 #[test]
 fn the_dockerfile_copies_everything_cargo_needs() {
-    let dockerfile = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Dockerfile"))
-        .expect("read Dockerfile");
+    let dockerfile =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Dockerfile")).expect("read Dockerfile");
     let sources = copy_sources(&dockerfile);
     for needed in ["Cargo.toml", "Cargo.lock", "src"] {
         assert!(sources.iter().any(|s| s == needed), "{needed} not copied: {sources:?}");

@@ -39,7 +39,12 @@ pub async fn start(config: &Config, shutdown: CancellationToken) -> Result<Vec<S
         let host = config.listener.server_host.trim();
         let listener = bind(host, port)
             .await
-            .map_err(|e| format!("listener.serverHost/serverPort {host}:{port}: cannot listen: {e} (choose another port, or 0 to turn the endpoint off)"))?;
+            .map_err(|e| {
+                format!(
+                    "listener.serverHost/serverPort {host}:{port}: cannot listen: {e}{} (choose another port, or 0 to turn the endpoint off)",
+                    privileged_hint(&e, port)
+                )
+            })?;
         listeners.push(listener);
     }
     if let Some(addr) = config
@@ -54,9 +59,12 @@ pub async fn start(config: &Config, shutdown: CancellationToken) -> Result<Vec<S
         // The same address as the main endpoint (the Go example config uses both): serve once.
         let same = port != 0 && port == config.listener.server_port && host == config.listener.server_host.trim();
         if !same {
-            let listener = bind(host, port)
-                .await
-                .map_err(|e| format!("monitoring.promAddr {addr}: cannot listen: {e}"))?;
+            let listener = bind(host, port).await.map_err(|e| {
+                format!(
+                    "monitoring.promAddr {addr}: cannot listen: {e}{}",
+                    privileged_hint(&e, port)
+                )
+            })?;
             listeners.push(listener);
         }
     }
@@ -68,6 +76,16 @@ pub async fn start(config: &Config, shutdown: CancellationToken) -> Result<Vec<S
         tokio::spawn(serve(listener, shutdown.clone()));
     }
     Ok(addresses)
+}
+
+/// Why binding a port below 1024 is refused, e.g. the Go example's `serverPort: 80` in the
+/// Docker image, which runs as uid 10001.
+fn privileged_hint(e: &std::io::Error, port: u16) -> &'static str {
+    if e.kind() == std::io::ErrorKind::PermissionDenied && port < 1024 {
+        "; ports below 1024 need root or CAP_NET_BIND_SERVICE, and the Docker image runs as the unprivileged uid 10001: use a port of 1024 or more, such as 8080"
+    } else {
+        ""
+    }
 }
 
 /// `""` binds every interface: IPv6 `[::]` (dual-stack on Linux), else IPv4 `0.0.0.0`.
@@ -186,6 +204,15 @@ mod tests {
         let mut response = String::new();
         stream.read_to_string(&mut response).await.expect("read");
         response
+    }
+
+    #[test]
+    fn a_privileged_port_says_why_it_cannot_be_bound() {
+        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        assert!(privileged_hint(&denied, 80).contains("uid 10001"));
+        assert_eq!(privileged_hint(&denied, 8080), "");
+        let in_use = std::io::Error::from(std::io::ErrorKind::AddrInUse);
+        assert_eq!(privileged_hint(&in_use, 80), "");
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The `wal-listener` command: `run` (the default), `check` and `route`.
+//! The `wal-listener` command: `run` (the default), `check`, `route` and `health`.
 //!
 //! Configuration and logging are set up before the runtime starts; any failure prints one
 //! readable line and exits non-zero (1: the service failed, 2: bad configuration or usage).
@@ -45,6 +45,10 @@ enum Command {
         /// Also reach PostgreSQL and NATS.
         #[arg(long)]
         connect: bool,
+        /// Print the file as an equivalent v2 config on standard output (Go v1 keys moved,
+        /// ignored keys left out, secrets not printed); the check's lines go to standard error.
+        #[arg(long)]
+        print_config: bool,
     },
     /// Run the routing script on events (a JSON object or JSON lines) and print the messages.
     Route {
@@ -52,6 +56,9 @@ enum Command {
         #[arg(long)]
         event: String,
     },
+    /// Ask the running service's /healthz (on listener.serverHost/serverPort of this config);
+    /// exit 0 when it answers 200. The Docker image's HEALTHCHECK.
+    Health,
 }
 
 fn main() -> ExitCode {
@@ -60,13 +67,35 @@ fn main() -> ExitCode {
         Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("wal-listener: {e}");
-            return ExitCode::from(2);
+            // For a HEALTHCHECK, 1 is "unhealthy" and 2 is reserved.
+            let code = if matches!(cli.command, Some(Command::Health)) {
+                1
+            } else {
+                2
+            };
+            return ExitCode::from(code);
         }
     };
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => run(config, &warnings),
-        Command::Check { connect } => check(&config, &warnings, connect),
+        Command::Check { connect, print_config } => {
+            let code = check(&config, &warnings, connect, print_config);
+            if print_config {
+                match std::fs::read_to_string(&cli.config)
+                    .map_err(|e| e.to_string())
+                    .and_then(|text| Config::v2_yaml(&text).map_err(|e| e.to_string()))
+                {
+                    Ok(yaml) => print!("{yaml}"),
+                    Err(e) => {
+                        eprintln!("wal-listener: {e}");
+                        return ExitCode::from(2);
+                    }
+                }
+            }
+            code
+        }
         Command::Route { event } => route(&config, &event),
+        Command::Health => health_probe(&config),
     }
 }
 
@@ -128,17 +157,29 @@ async fn watch_signals(shutdown: CancellationToken) {
     shutdown.cancel();
 }
 
-fn check(config: &Config, warnings: &[String], connect: bool) -> ExitCode {
+/// `check`: one line per finding on standard output, or on standard error when standard
+/// output carries the printed config.
+fn check(config: &Config, warnings: &[String], connect: bool, print_config: bool) -> ExitCode {
     // Log lines of scripts run by their test cases go to stderr.
     telemetry::init(&config.logger);
+    let say = |line: String| {
+        if print_config {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+    };
     for warning in warnings {
-        println!("warning: {warning}");
+        say(format!("warning: {warning}"));
     }
     let mut ok = true;
     match Router::from_config(config) {
-        Ok(router) => println!("ok: script {} compiles and defines route(event)", router.name()),
+        Ok(router) => say(format!(
+            "ok: script {} compiles and defines route(event)",
+            router.name()
+        )),
         Err(e) => {
-            println!("error: scripts.path: {e}");
+            say(format!("error: scripts.path: {e}"));
             ok = false;
         }
     }
@@ -147,14 +188,14 @@ fn check(config: &Config, warnings: &[String], connect: bool) -> ExitCode {
         if !files.is_empty() {
             let report = wal_listener::script::cases::run(config, &files);
             for failure in &report.failures {
-                println!("error: script test case: {failure}");
+                say(format!("error: script test case: {failure}"));
             }
             if report.failures.is_empty() {
-                println!(
+                say(format!(
                     "ok: {} script test cases passed ({})",
                     report.passed,
                     dir.join("cases").display()
-                );
+                ));
             } else {
                 ok = false;
             }
@@ -162,27 +203,83 @@ fn check(config: &Config, warnings: &[String], connect: bool) -> ExitCode {
     }
     if connect {
         match runtime() {
-            Ok(rt) => ok &= rt.block_on(check_connections(config)),
+            Ok(rt) => ok &= rt.block_on(check_connections(config, &say)),
             Err(e) => {
-                println!("error: cannot start the async runtime: {e}");
+                say(format!("error: cannot start the async runtime: {e}"));
                 ok = false;
             }
         }
     }
     if ok {
-        println!("ok: configuration is valid");
+        say("ok: configuration is valid".into());
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     }
 }
 
-async fn check_connections(config: &Config) -> bool {
+async fn check_connections(config: &Config, say: &impl Fn(String)) -> bool {
     let report = check::connections(config).await;
     for line in report.lines() {
-        println!("{line}");
+        say(line.clone());
     }
     report.passed()
+}
+
+/// `health`: GET /healthz on this config's HTTP endpoint, as a container HEALTHCHECK does.
+/// Plain blocking I/O with short timeouts: no runtime, nothing else started.
+fn health_probe(config: &Config) -> ExitCode {
+    use std::io::Write;
+    use std::net::{TcpStream, ToSocketAddrs};
+    use std::time::Duration;
+
+    let port = config.listener.server_port;
+    if port == 0 {
+        println!("health: listener.serverPort is 0, so there is no HTTP endpoint to ask");
+        return ExitCode::SUCCESS;
+    }
+    // Listening on every interface: ask over loopback.
+    let host = match config.listener.server_host.trim() {
+        "" | "0.0.0.0" | "::" | "[::]" => "127.0.0.1",
+        host => host.trim_start_matches('[').trim_end_matches(']'),
+    };
+    let timeout = Duration::from_secs(3);
+    let answer = (|| -> Result<String, String> {
+        let addr = (host, port)
+            .to_socket_addrs()
+            .map_err(|e| e.to_string())?
+            .next()
+            .ok_or("no address")?;
+        let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
+        stream.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+        stream.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+        stream
+            .write_all(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .map_err(|e| e.to_string())?;
+        let mut text = String::new();
+        stream
+            .take(64 * 1024)
+            .read_to_string(&mut text)
+            .map_err(|e| e.to_string())?;
+        Ok(text)
+    })();
+    let url = format!("http://{host}:{port}/healthz (listener.serverHost/serverPort)");
+    match answer {
+        Ok(text) if text.starts_with("HTTP/1.1 200") || text.starts_with("HTTP/1.0 200") => {
+            println!("health: {url}: 200");
+            ExitCode::SUCCESS
+        }
+        Ok(text) => {
+            let status = text.lines().next().unwrap_or_default();
+            let body = text.split_once("\r\n\r\n").map(|(_, b)| b.trim()).unwrap_or_default();
+            println!("health: {url}: {status} {body}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            println!("health: {url}: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn route(config: &Config, source: &str) -> ExitCode {

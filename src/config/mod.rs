@@ -7,9 +7,12 @@
 //! 2. walk the tree against the schema (`schema.rs`): keys are matched case-insensitively (the Go version
 //!    read its file through viper, which ignores case) and renamed to their canonical spelling;
 //!    unknown keys are errors with a "did you mean"; keys the Go version knew that do not apply
-//!    here are dropped with one warning each; every value is type-checked;
+//!    here are dropped with one warning each; Go v1 keys (`nats:`, `database.filter`,
+//!    `logger.humanReadable`) are moved to their v2 place with a warning; every value is
+//!    type-checked, and every problem of the file is reported at once;
 //! 3. apply `WAL_*` environment overrides — `WAL_` + the upper-cased key path joined by `_` —
-//!    for every key in the schema, whether or not the file mentions it;
+//!    for every key in the schema, whether or not the file mentions it; then resolve Go's
+//!    `database.enableTLS` into `database.sslMode`;
 //! 4. deserialize into the typed structs below, then [`Config::validate`] cross-checks values.
 //!
 //! Secrets ([`Secret`]) have no `Serialize` and print as `***`.
@@ -29,7 +32,7 @@ mod tests;
 
 use duration::duration_text;
 pub use duration::parse_duration;
-use schema::{apply_env, normalize};
+use schema::{apply_env, go_database_tls, normalize};
 
 /// Everything the service is configured with.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -343,7 +346,7 @@ fn invalid(msg: impl Into<String>) -> ConfigError {
     ConfigError::Invalid(msg.into())
 }
 
-/// What the loader noticed that is worth one warning line each (ignored Go keys).
+/// What the loader noticed that is worth one warning line each (ignored or moved Go keys).
 pub type Warnings = Vec<String>;
 
 impl Config {
@@ -379,33 +382,77 @@ impl Config {
         env: &[(String, String)],
         base_dir: PathBuf,
     ) -> Result<(Config, Warnings), ConfigError> {
-        let parsed: Value = if text.trim().is_empty() {
-            Value::Mapping(Mapping::new())
-        } else {
-            serde_yaml_ng::from_str(text).map_err(|source| ConfigError::Yaml {
-                path: PathBuf::new(),
-                source,
-            })?
-        };
         let mut warnings = Vec::new();
-        let mut tree = match parsed {
-            Value::Null => Mapping::new(),
-            Value::Mapping(m) => normalize(m, &mut warnings)?,
-            _ => {
-                return Err(invalid(
-                    "the file must be a YAML mapping of sections (listener, database, publisher, …)",
-                ));
-            }
-        };
+        let mut tree = file_tree(text, &mut warnings)?;
         for (name, raw) in env {
             apply_env(&mut tree, name, raw)?;
         }
+        go_database_tls(&mut tree, &mut warnings);
         let mut config: Config =
             serde_yaml_ng::from_value(Value::Mapping(tree)).map_err(|e| invalid(format!("{e}")))?;
         config.base_dir = base_dir;
         config.read_secret_files()?;
         config.validate()?;
         Ok((config, warnings))
+    }
+
+    /// The file's settings written as a v2 file with canonical keys: Go v1 keys moved to
+    /// their v2 place, Go's `database.enableTLS` resolved, ignored keys left out, and the
+    /// warnings as comments on top. `WAL_*` variables are not applied. Secrets are not printed:
+    /// a comment in their place says where to put them.
+    pub fn v2_yaml(text: &str) -> Result<String, ConfigError> {
+        let mut warnings = Vec::new();
+        let mut tree = file_tree(text, &mut warnings)?;
+        go_database_tls(&mut tree, &mut warnings);
+        let mut ordered = Mapping::new();
+        for section in schema::sections() {
+            if let Some(value) = tree.remove(section) {
+                ordered.insert(Value::String(section.into()), value);
+            }
+        }
+        for (section, key) in SECRETS {
+            if let Some(Value::Mapping(m)) = ordered.get_mut(*section)
+                && let Some(value) = m.get_mut(*key)
+                && !value.is_null()
+            {
+                *value = Value::String(format!("{SECRET_PLACEHOLDER}-{section}-{key}"));
+            }
+        }
+        let body = if ordered.is_empty() {
+            String::new()
+        } else {
+            serde_yaml_ng::to_string(&Value::Mapping(ordered)).map_err(|e| invalid(e.to_string()))?
+        };
+        let mut out = String::from(
+            "# wal-listener configuration, printed by `wal-listener check --print-config`.\n# WAL_* environment variables are not included.\n",
+        );
+        if !warnings.is_empty() {
+            out.push_str("# What changed from the old file (delete these lines once read):\n");
+        }
+        for warning in &warnings {
+            out.push_str(&format!("# - {warning}\n"));
+        }
+        for line in body.lines() {
+            let secret = SECRETS
+                .iter()
+                .find(|(section, key)| line.trim_start() == format!("{key}: {SECRET_PLACEHOLDER}-{section}-{key}"));
+            match secret {
+                Some((section, key)) => {
+                    let indent = line.len() - line.trim_start().len();
+                    out.push_str(&format!(
+                        "{}# {key}: not printed (a secret): copy it from the old file, or use {key}File or WAL_{}_{}\n",
+                        &line[..indent],
+                        section.to_ascii_uppercase(),
+                        key.to_ascii_uppercase(),
+                    ));
+                }
+                None => {
+                    out.push_str(line);
+                    out.push('\n');
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Fill `password`/`token` from their `…File` keys (mounted secrets). The file's content
@@ -558,6 +605,35 @@ impl Config {
             .dead_letter_subject
             .clone()
             .unwrap_or_else(|| format!("{}.dead_letter", self.publisher.topic))
+    }
+}
+
+/// The keys holding secrets, as (section, key), in printing order.
+const SECRETS: &[(&str, &str)] = &[
+    ("database", "password"),
+    ("publisher", "password"),
+    ("publisher", "token"),
+];
+
+/// What a secret's value is replaced with before printing (then the line becomes a comment).
+const SECRET_PLACEHOLDER: &str = "wal-listener-secret-not-printed";
+
+/// Parse the file and check it against the schema (steps 1 and 2).
+fn file_tree(text: &str, warnings: &mut Warnings) -> Result<Mapping, ConfigError> {
+    let parsed: Value = if text.trim().is_empty() {
+        Value::Mapping(Mapping::new())
+    } else {
+        serde_yaml_ng::from_str(text).map_err(|source| ConfigError::Yaml {
+            path: PathBuf::new(),
+            source,
+        })?
+    };
+    match parsed {
+        Value::Null => Ok(Mapping::new()),
+        Value::Mapping(m) => normalize(m, warnings),
+        _ => Err(invalid(
+            "the file must be a YAML mapping of sections (listener, database, publisher, …)",
+        )),
     }
 }
 

@@ -269,3 +269,195 @@ fn tls_and_auth_settings_that_cannot_work_are_refused() {
     assert_eq!(c.database.ssl_mode, SslMode::VerifyFull);
     assert_eq!(c.listener.server_host, "127.0.0.1");
 }
+
+const GO_V1: &str = include_str!("../../tests/fixtures/go/v1.2.0-config.yml");
+const GO_V1_README: &str = include_str!("../../tests/fixtures/go/v1-readme-filter.yml");
+const GO_V2_11: &str = include_str!("../../tests/fixtures/go/v2.11-config_example.yml");
+
+fn warning<'a>(warnings: &'a [String], start: &str) -> &'a str {
+    warnings
+        .iter()
+        .find(|w| w.starts_with(start))
+        .unwrap_or_else(|| panic!("no warning starting with {start:?} in {warnings:#?}"))
+}
+
+#[test]
+fn the_go_v1_2_0_file_loads_with_its_v1_meaning() {
+    let (c, w) = load(GO_V1).expect("the v1.2.0 config.yml loads");
+    assert_eq!(c.listener.slot_name, "myslot_1");
+    assert_eq!(c.listener.filter.tables["users"], vec!["insert", "update"]);
+    assert_eq!(c.publisher.kind, PublisherKind::Nats);
+    assert_eq!(c.publisher.address, "localhost:4222");
+    assert_eq!(c.publisher.topic_prefix, "pre");
+    assert_eq!(c.publisher.topic, "wal_listener");
+    assert_eq!(c.logger.fmt, LogFormat::Text);
+    assert_eq!(c.database.name, "test_db");
+    assert_eq!(c.database.password.as_ref().map(Secret::expose), Some("pass"));
+
+    assert!(warning(&w, "database.filter is read as listener.filter").contains("moved the table filter"));
+    assert!(warning(&w, "logger.humanReadable is read as logger.fmt: text").contains("write logger.fmt: text instead"));
+    assert!(warning(&w, "nats.address is read as publisher.address: localhost:4222").contains("write"));
+    warning(&w, "nats.topicPrefix is read as publisher.topicPrefix: pre");
+    for key in ["nats.clusterID", "nats.clientID"] {
+        assert!(warning(&w, key).contains("NATS Streaming"), "{w:#?}");
+    }
+    warning(&w, "logger.caller");
+    warning(&w, "database.debug");
+    warning(&w, "listener.refreshConnection");
+    let subjects = warning(&w, "nats: is the Go v1 section");
+    assert!(subjects.contains("JetStream"), "{subjects}");
+    assert!(
+        subjects.contains("(prepublic_users for public.users)")
+            && subjects.contains("(wal_listener.prepublic_users)")
+            && subjects.contains("topicsMap"),
+        "{subjects}"
+    );
+    assert_eq!(w.len(), 10, "{w:#?}");
+}
+
+#[test]
+fn the_go_v1_readme_filter_under_databases_is_the_listener_filter() {
+    let (c, w) = load(GO_V1_README).expect("the README snippet loads");
+    assert_eq!(c.listener.filter.tables["users"], vec!["insert", "update"]);
+    let text = warning(&w, "databases.filter is read as listener.filter");
+    assert!(text.contains("misspelling of `database:`"), "{text}");
+    assert_eq!(w.len(), 1, "{w:#?}");
+    let e = err("databases:\n  host: x\n");
+    assert!(
+        e.contains("unknown key databases.host (only databases.filter is read, as listener.filter; did you mean database.host?)"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_filter_in_two_places_is_an_error_naming_both() {
+    let e = err("database:\n  filter:\n    tables: {a: [insert]}\nlistener:\n  filter:\n    tables: {b: [insert]}\n");
+    assert!(e.contains("database.filter and listener.filter are both set"), "{e}");
+    let e = err("database:\n  filter:\n    tables: {a: [insert]}\ndatabases:\n  filter:\n    tables: {b: [insert]}\n");
+    assert!(
+        e.contains("database.filter and databases.filter are both set and both mean listener.filter"),
+        "{e}"
+    );
+    let e = err("nats:\n  address: a:4222\npublisher:\n  address: b:4222\n");
+    assert!(e.contains("nats.address and publisher.address are both set"), "{e}");
+    let e = err("logger:\n  humanReadable: true\n  fmt: json\n");
+    assert!(e.contains("logger.humanReadable and logger.fmt are both set"), "{e}");
+}
+
+#[test]
+fn every_unknown_key_is_reported_in_one_run() {
+    let e = err("listener:\n  slotNmae: x\ndatabase:\n  hots: y\n  zzz: 1\npublisher:\n  port: abc\nfoo: 1\n");
+    assert!(e.starts_with("config: 5 problems:\n"), "{e}");
+    for part in [
+        "unknown key listener.slotNmae (did you mean listener.slotName?)",
+        "unknown key database.hots (did you mean database.host?)",
+        "unknown key database.zzz;",
+        "unknown key publisher.port",
+        "unknown key foo;",
+    ] {
+        assert!(e.contains(part), "{part} missing from:\n{e}");
+    }
+    assert_eq!(e.lines().count(), 6, "{e}");
+    // Type errors are collected with them.
+    let e = err("database:\n  port: abc\n  hots: y\n");
+    assert!(
+        e.contains("2 problems") && e.contains("database.port must be") && e.contains("database.hots"),
+        "{e}"
+    );
+}
+
+#[test]
+fn the_go_v2_11_example_loads_with_gos_meaning() {
+    let (c, w) = load(GO_V2_11).expect("config_example.yml (type: nats) loads");
+    // enableTLS: false wins over sslMode: require, as in Go.
+    assert_eq!(c.database.ssl_mode, SslMode::Disable);
+    let tls = warning(&w, "database.enableTLS is false and database.sslMode is require");
+    assert!(
+        tls.contains("TLS to PostgreSQL is off") && tls.contains("write sslMode: disable and delete enableTLS"),
+        "{tls}"
+    );
+    assert!(warning(&w, "publisher.messageKeyFrom").contains("Kafka"));
+    // The snake_case keys Go never read stay without effect, and nobody suggests enableTLS.
+    for key in ["enable_tls", "client_cert", "client_key", "ca_cert"] {
+        let text = warning(&w, &format!("publisher.{key} is accepted"));
+        assert!(text.contains("never read it"), "{text}");
+        assert!(!text.contains("did you mean"), "{text}");
+    }
+    assert!(!c.publisher.enable_tls);
+    assert_eq!(c.publisher.tls_ca_file, None);
+    assert_eq!(c.publisher.tls_cert_file, None);
+    assert_eq!(c.listener.server_port, 80);
+    assert_eq!(c.listener.topics_map["schema_table_name"], "notifier");
+    assert_eq!(c.monitoring.prom_addr.as_deref(), Some(":2112"));
+}
+
+#[test]
+fn database_enable_tls_has_gos_meaning() {
+    let mode = |yaml: &str, env: &[(&str, &str)]| {
+        let (c, w) = load_env(yaml, env).expect("loads");
+        (c.database.ssl_mode, w.join("\n"))
+    };
+    let (m, w) = mode("database:\n  enableTLS: true\n  sslMode: verify-ca\n", &[]);
+    assert_eq!(m, SslMode::VerifyCa);
+    assert!(w.contains("verify-ca") && w.contains("delete enableTLS"), "{w}");
+    let (m, w) = mode("database:\n  enableTLS: true\n", &[]);
+    assert_eq!(m, SslMode::Require, "Go's default mode");
+    assert!(w.contains("write sslMode: require instead"), "{w}");
+    let (m, _) = mode("database:\n  enableTLS: false\n", &[]);
+    assert_eq!(m, SslMode::Disable);
+    let (m, _) = mode(
+        "database:\n  sslMode: require\n",
+        &[("WAL_DATABASE_ENABLETLS", "false")],
+    );
+    assert_eq!(m, SslMode::Disable, "the environment has Go's meaning too");
+    let (m, w) = mode("database:\n  sslMode: require\n", &[]);
+    assert_eq!(m, SslMode::Require);
+    assert!(w.is_empty(), "{w}");
+}
+
+#[test]
+fn print_config_gives_an_equivalent_v2_file_without_secrets() {
+    for (name, old) in [("v1", GO_V1), ("v1 README", GO_V1_README), ("v2.11", GO_V2_11)] {
+        let printed = Config::v2_yaml(old).expect("prints");
+        let body: String = printed
+            .lines()
+            .filter(|l| !l.trim_start().starts_with('#'))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        for gone in [
+            "password:",
+            "nats:",
+            "humanReadable",
+            "enableTLS",
+            "enable_tls",
+            "debug",
+            "databases",
+        ] {
+            assert!(!body.contains(gone), "{name}: {gone} in\n{printed}");
+        }
+        // Loading the printed file gives the same settings, without a warning.
+        let secrets = [("WAL_DATABASE_PASSWORD", "pass")];
+        let (new, w) = load_env(&printed, &secrets).unwrap_or_else(|e| panic!("{name}: {e}\n{printed}"));
+        assert!(w.is_empty(), "{name}: {w:#?}\n{printed}");
+        let (old, _) = load_env(old, &secrets).expect("old loads");
+        assert_eq!(format!("{new:?}"), format!("{old:?}"), "{name}:\n{printed}");
+    }
+    let printed = Config::v2_yaml(GO_V1).expect("prints");
+    assert!(printed.contains("\n# - nats: is the Go v1 section"), "{printed}");
+    assert!(
+        printed.contains(
+            "  # password: not printed (a secret): copy it from the old file, or use passwordFile or WAL_DATABASE_PASSWORD\n"
+        ),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("publisher:\n  address: localhost:4222\n  topicPrefix: pre\n  type: nats\n"),
+        "{printed}"
+    );
+    assert!(printed.contains("logger:\n  level: info\n  fmt: text\n"), "{printed}");
+    let printed = Config::v2_yaml("publisher:\n  token: t0k3n\n  user: u\n").expect("prints");
+    assert!(
+        !printed.contains("t0k3n") && printed.contains("# token: not printed"),
+        "{printed}"
+    );
+}

@@ -7,6 +7,7 @@ mod support;
 mod cli;
 mod expect;
 mod faults;
+mod go_configs;
 mod identifiers;
 mod messages;
 mod operator;

@@ -231,7 +231,8 @@ fn the_docker_image_configuration_is_valid() {
         "COPY scripts /app/scripts",
         "USER 10001",
         "HEALTHCHECK",
-        "/healthz",
+        // The probe reads listener.serverPort from the (mounted) config.
+        "CMD [\"wal-listener\", \"health\"]",
     ] {
         assert!(dockerfile.contains(needed), "Dockerfile lacks {needed:?}");
     }

@@ -26,7 +26,7 @@
 //! Operations: [`health`] and [`metrics`] collect what [`http`] serves (`/healthz`, `/ready`,
 //! `/metrics`); [`telemetry`] sets up logging.
 
-pub mod ack;
+pub(crate) mod ack;
 pub mod app;
 pub mod check;
 pub mod config;
@@ -36,9 +36,10 @@ pub mod event;
 pub mod health;
 pub mod http;
 pub mod lsn;
-pub mod metrics;
+pub(crate) mod metrics;
+pub(crate) mod pg_time;
 pub mod publish;
 pub mod script;
-pub mod source;
+pub(crate) mod source;
 pub mod telemetry;
-pub mod transform;
+pub(crate) mod transform;

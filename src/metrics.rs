@@ -27,7 +27,6 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -43,8 +42,6 @@ pub const MAX_SERIES: usize = 1000;
 /// The Go wal-listener's `app` label value, kept so existing dashboards match.
 const APP: &str = "wal-listener";
 const OTHER: &str = "_other";
-/// Seconds between the Unix epoch and PostgreSQL's (2000-01-01).
-const PG_EPOCH_UNIX_SECS: i64 = 946_684_800;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PublishedLabels {
@@ -444,10 +441,8 @@ impl Drop for InFlight {
 }
 
 fn seconds_since_commit(commit_time: i64) -> Option<f64> {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?;
-    let now_pg_micros = i64::try_from(now.as_micros()).ok()? - PG_EPOCH_UNIX_SECS * 1_000_000;
     // A clock behind the server's gives a negative age: count it as immediate.
-    let micros = now_pg_micros.saturating_sub(commit_time).max(0);
+    let micros = crate::pg_time::now().saturating_sub(commit_time).max(0);
     Some(micros as f64 / 1e6)
 }
 
@@ -456,8 +451,7 @@ mod tests {
     use super::*;
 
     fn now_pg_micros() -> i64 {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970");
-        i64::try_from(now.as_micros()).expect("fits") - PG_EPOCH_UNIX_SECS * 1_000_000
+        crate::pg_time::now()
     }
 
     fn line<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {

@@ -34,15 +34,6 @@ pub const MESSAGE_TRANSACTIONAL: u8 = 1;
 /// Relation column flag bit: the column is part of the replica identity key.
 pub const COLUMN_KEY: u8 = 1;
 
-/// Unix time (µs) of the PostgreSQL epoch, 2000-01-01T00:00:00Z.
-pub const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
-
-/// Converts a pgoutput timestamp (µs since 2000-01-01 UTC) to µs since the
-/// Unix epoch; `None` on overflow.
-pub fn pg_timestamp_to_unix_micros(pg_micros: i64) -> Option<i64> {
-    pg_micros.checked_add(PG_EPOCH_UNIX_MICROS)
-}
-
 /// One decoded pgoutput message (one `XLogData` payload).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[allow(clippy::enum_variant_names)] // `Message::Message` is the agreed API name

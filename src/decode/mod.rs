@@ -39,10 +39,6 @@
     clippy::cast_sign_loss,
     clippy::arithmetic_side_effects
 )]
-// This is an API module of a binary crate: callers use only part of it, and
-// in a binary `pub` does not exempt unused items (or re-exports) from
-// these lints.
-#![allow(dead_code)]
 
 use bytes::Bytes;
 
@@ -58,15 +54,12 @@ pub(crate) mod encode;
 mod tests;
 
 pub use error::DecodeError;
-#[allow(unused_imports)] // see `allow(dead_code)` above
 pub use message::{
     BEGIN, Begin, COLUMN_KEY, COMMIT, Column, Commit, DELETE, Delete, INSERT, Insert, LogicalMessage, MESSAGE,
-    MESSAGE_TRANSACTIONAL, Message, ORIGIN, Origin, PG_EPOCH_UNIX_MICROS, RELATION, Relation, ReplicaIdentity,
-    TRUNCATE, TRUNCATE_CASCADE, TRUNCATE_RESTART_IDENTITY, TYPE, Truncate, TypeMsg, UPDATE, Update,
-    pg_timestamp_to_unix_micros,
+    MESSAGE_TRANSACTIONAL, Message, ORIGIN, Origin, RELATION, Relation, ReplicaIdentity, TRUNCATE, TRUNCATE_CASCADE,
+    TRUNCATE_RESTART_IDENTITY, TYPE, Truncate, TypeMsg, UPDATE, Update,
 };
 pub use reader::Reader;
-#[allow(unused_imports)]
 pub use tuple::{
     OldTuple, TUPLE_BINARY, TUPLE_KEY, TUPLE_NEW, TUPLE_NULL, TUPLE_OLD, TUPLE_TEXT, TUPLE_UNCHANGED_TOAST, TupleData,
     TupleValue,

@@ -21,11 +21,6 @@ impl<'a> Reader<'a> {
         Reader { buf, pos: 0 }
     }
 
-    /// Offset of the next unread byte.
-    pub fn position(&self) -> usize {
-        self.pos
-    }
-
     /// Number of unread bytes.
     pub fn remaining(&self) -> usize {
         self.buf.len().saturating_sub(self.pos)

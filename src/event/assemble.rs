@@ -179,11 +179,6 @@ impl Assembler {
         }
     }
 
-    /// Forget the open transaction (after a reconnect the server resends it whole).
-    pub fn reset_transaction(&mut self) {
-        self.tx = None;
-    }
-
     /// Apply one message, pushing what it produces onto `out`.
     pub fn apply(&mut self, msg: Message, out: &mut Vec<Item>) -> Result<(), EventError> {
         match msg {
@@ -281,7 +276,7 @@ impl Assembler {
                     // has no commit, hence no commit time and no xid in protocol version 1:
                     // its time is when it was decoded.
                     _ => {
-                        let now = now_pg_micros();
+                        let now = crate::pg_time::now();
                         (Lsn(m.lsn), 0, now, 0, TxText::new(Lsn(m.lsn), 0, now))
                     }
                 };
@@ -426,15 +421,6 @@ impl Assembler {
             }
         }
     }
-}
-
-/// Now, in microseconds since 2000-01-01 UTC.
-fn now_pg_micros() -> i64 {
-    let unix = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-        .unwrap_or(0);
-    unix.saturating_sub(super::PG_EPOCH_UNIX_MICROS)
 }
 
 fn check_width(rel: &RelationInfo, tuple: &TupleData) -> Result<(), EventError> {

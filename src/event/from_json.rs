@@ -43,7 +43,7 @@ pub fn from_json(json: &Json, ordinal: u32) -> Result<ChangeEvent, String> {
         None => Lsn(0x1_0000_0000),
     };
     let commit_time = match text("commitTime") {
-        Some(t) => parse_rfc3339(t)
+        Some(t) => crate::pg_time::parse_rfc3339(t)
             .ok_or_else(|| format!("commitTime {t:?} is not RFC 3339 UTC like 2026-11-26T10:20:30.123456Z"))?,
         None => 0,
     };
@@ -127,39 +127,6 @@ fn from_hex(text: &str) -> Option<Vec<u8>> {
             _ => None,
         })
         .collect()
-}
-
-/// `YYYY-MM-DDTHH:MM:SS[.ffffff]Z` → microseconds since 2000-01-01.
-fn parse_rfc3339(text: &str) -> Option<i64> {
-    let body = text.strip_suffix('Z')?;
-    let (date, time) = body.split_once('T')?;
-    let mut d = date.splitn(3, '-');
-    let (y, m, day): (i64, i64, i64) = (
-        d.next()?.parse().ok()?,
-        d.next()?.parse().ok()?,
-        d.next()?.parse().ok()?,
-    );
-    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
-    let mut t = hms.splitn(3, ':');
-    let (h, mi, s): (i64, i64, i64) = (
-        t.next()?.parse().ok()?,
-        t.next()?.parse().ok()?,
-        t.next()?.parse().ok()?,
-    );
-    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || h > 23 || mi > 59 || s > 60 || frac.len() > 9 {
-        return None;
-    }
-    let micros: i64 = format!("{frac:0<6}").get(..6)?.parse().ok()?;
-    // Days from civil (H. Hinnant), relative to 1970-01-01.
-    let yy = if m <= 2 { y - 1 } else { y };
-    let era = yy.div_euclid(400);
-    let yoe = yy - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let unix = ((days * 86_400 + h * 3600 + mi * 60 + s) * 1_000_000).checked_add(micros)?;
-    unix.checked_sub(946_684_800 * 1_000_000)
 }
 
 #[cfg(test)]

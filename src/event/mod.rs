@@ -85,7 +85,7 @@ impl TxText {
         Arc::new(TxText {
             lsn: commit_lsn.to_string(),
             xid: xid.to_string(),
-            commit_time: pg_time_to_rfc3339(commit_time),
+            commit_time: crate::pg_time::to_rfc3339(commit_time),
         })
     }
 }
@@ -139,68 +139,6 @@ pub fn event_id(commit_lsn: Lsn, ordinal: u32) -> uuid::Uuid {
     uuid::Uuid::from_bytes(b)
 }
 
-/// PostgreSQL timestamps count microseconds from 2000-01-01; Unix time from 1970-01-01.
-const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800 * 1_000_000;
-
-/// Render a PostgreSQL-epoch microsecond timestamp as `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
-pub fn pg_time_to_rfc3339(pg_micros: i64) -> String {
-    let unix = i128::from(pg_micros) + i128::from(PG_EPOCH_UNIX_MICROS);
-    let micros = unix.rem_euclid(1_000_000);
-    let secs = unix.div_euclid(1_000_000);
-    let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    if !(0..=9999).contains(&y) {
-        return format!(
-            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
-            sod / 3600,
-            (sod % 3600) / 60,
-            sod % 60
-        );
-    }
-    // Written digit by digit: this runs for every event, and `format!` showed in profiles.
-    let mut out = [0u8; 27];
-    let mut put = |at: usize, width: usize, mut value: i128| {
-        for i in (at..at + width).rev() {
-            out[i] = b'0' + (value % 10) as u8;
-            value /= 10;
-        }
-    };
-    put(0, 4, y);
-    put(5, 2, m);
-    put(8, 2, d);
-    put(11, 2, sod / 3600);
-    put(14, 2, (sod % 3600) / 60);
-    put(17, 2, sod % 60);
-    put(20, 6, micros);
-    for (at, sep) in [
-        (4, b'-'),
-        (7, b'-'),
-        (10, b'T'),
-        (13, b':'),
-        (16, b':'),
-        (19, b'.'),
-        (26, b'Z'),
-    ] {
-        out[at] = sep;
-    }
-    out.iter().map(|&b| char::from(b)).collect()
-}
-
-/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
-fn civil_from_days(z: i128) -> (i128, i128, i128) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,24 +156,5 @@ mod tests {
         for bit in 0..64 {
             assert_ne!(event_id(Lsn(0), 7), event_id(Lsn(1 << bit), 7), "bit {bit}");
         }
-    }
-
-    #[test]
-    fn commit_time_renders_rfc3339() {
-        assert_eq!(pg_time_to_rfc3339(0), "2000-01-01T00:00:00.000000Z");
-        assert_eq!(pg_time_to_rfc3339(-1), "1999-12-31T23:59:59.999999Z");
-        // 2026-11-26T10:20:30.123456Z
-        let unix = 1_795_688_430i64 * 1_000_000 + 123_456;
-        assert_eq!(
-            pg_time_to_rfc3339(unix - PG_EPOCH_UNIX_MICROS),
-            "2026-11-26T10:20:30.123456Z"
-        );
-        // Outside years 0–9999 the slow path renders what it can.
-        assert_eq!(
-            pg_time_to_rfc3339(-63_200_000_000_000_000),
-            "-003-04-09T12:26:40.000000Z"
-        );
-        let _ = pg_time_to_rfc3339(i64::MAX);
-        let _ = pg_time_to_rfc3339(i64::MIN);
     }
 }

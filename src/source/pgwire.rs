@@ -1,6 +1,6 @@
 //! [`Replication`] over the `pgwire-replication` crate.
 //!
-//! Its quirks, measured (FACTS.md): publication names are not identifier-quoted, so we quote
+//! Its quirks, measured on pgwire-replication 0.5.0: publication names are not identifier-quoted, so we quote
 //! them (mixed-case names work); the slot name is interpolated unquoted, so config validation
 //! allows only `[a-z0-9_]`; it does not reconnect, which the app's session loop does.
 

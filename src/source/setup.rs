@@ -16,7 +16,6 @@ pub struct SlotState {
     pub confirmed_flush: Lsn,
     /// Whether another connection is streaming from the slot right now.
     pub active: bool,
-    pub created: bool,
 }
 
 /// Check the server, create what is missing, and return the slot's state. `slot_seen`: this
@@ -58,8 +57,8 @@ pub async fn prepare(config: &Config, slot_seen: bool) -> Result<SlotState> {
     ensure_publication(config, &client, slot_seen).await?;
 
     let name = &config.listener.slot_name;
-    let (slot, created) = match inspect::slot(&client, name).await? {
-        Some(slot) => (slot, false),
+    let slot = match inspect::slot(&client, name).await? {
+        Some(slot) => slot,
         None if slot_seen => {
             return Err(Error::new(
                 Kind::SlotLost,
@@ -68,7 +67,7 @@ pub async fn prepare(config: &Config, slot_seen: bool) -> Result<SlotState> {
                 ),
             ));
         }
-        None => (create_slot(&client, name).await?, true),
+        None => create_slot(&client, name).await?,
     };
     if let Some(problem) = slot.problem(config) {
         let kind = match problem {
@@ -83,7 +82,6 @@ pub async fn prepare(config: &Config, slot_seen: bool) -> Result<SlotState> {
     Ok(SlotState {
         confirmed_flush: slot.confirmed_flush.unwrap_or(Lsn::ZERO),
         active: slot.active,
-        created,
     })
 }
 

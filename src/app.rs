@@ -133,8 +133,8 @@ struct Session {
     repl: PgwireReplication,
     catalog: Catalog,
     transform: Transform,
-    /// To the publish stage; `None` once closed.
-    tx: Option<mpsc::Sender<Vec<Outbound>>>,
+    /// To the publish stage.
+    tx: mpsc::Sender<Vec<Outbound>>,
     publisher: AbortOnDropHandle<Result<()>>,
     /// Set by the publish stage: every message up to here is acknowledged.
     flushed: watch::Receiver<Lsn>,
@@ -150,6 +150,10 @@ async fn start(
 ) -> Result<Session> {
     let slot = setup::prepare(config, carried.slot_seen).await?;
     carried.slot_seen = true;
+    // Keeps the replication-lag metric honest while the stream is down (NATS away, standby).
+    if let Some(wal_end) = slot.server_wal_end {
+        metrics::server_wal_end(wal_end);
+    }
     if slot.active {
         return Err(Error::new(Kind::SlotBusy, "the slot is active on another connection"));
     }
@@ -178,7 +182,7 @@ async fn start(
         repl,
         catalog,
         transform,
-        tx: Some(tx),
+        tx,
         publisher,
         flushed,
         items,
@@ -187,8 +191,10 @@ async fn start(
 
 /// How streaming ended.
 enum Ended {
-    /// Shutdown, or the source failed: let the publish stage finish what it has.
-    Stop(Option<Error>),
+    /// Shutdown was requested.
+    Shutdown,
+    /// The source or the transform failed.
+    Failed(Error),
     /// The publish stage ended by itself (a failure, or a halt after its acks were in).
     Publisher(Result<()>),
 }
@@ -199,11 +205,10 @@ async fn stream(s: &mut Session, shutdown: &CancellationToken) -> Ended {
     loop {
         let frame = tokio::select! {
             biased;
-            _ = shutdown.cancelled() => return Ended::Stop(None),
+            _ = shutdown.cancelled() => return Ended::Shutdown,
             done = &mut s.publisher => return Ended::Publisher(joined(done)),
             Ok(()) = s.flushed.changed() => {
-                let lsn = *s.flushed.borrow_and_update();
-                confirm(s, lsn);
+                confirm(&s.repl, *s.flushed.borrow_and_update());
                 continue;
             }
             frame = s.repl.recv() => frame,
@@ -214,18 +219,28 @@ async fn stream(s: &mut Session, shutdown: &CancellationToken) -> Ended {
         let mut frames = 0;
         while let Some(frame) = next.take() {
             let frame = match frame {
-                Ok(Some(frame)) => frame,
-                Ok(None) => return Ended::Stop(Some(Error::new(Kind::PgUnavailable, "the replication stream ended"))),
-                Err(e) => return Ended::Stop(Some(e)),
+                Ok(Some(frame)) => {
+                    if let Some(wal_end) = frame.wal_end() {
+                        metrics::server_wal_end(wal_end);
+                    }
+                    frame
+                }
+                Ok(None) => {
+                    return Ended::Failed(Error::new(
+                        Kind::PgUnavailable,
+                        "the replication stream ended; reconnecting",
+                    ));
+                }
+                Err(e) => return Ended::Failed(e),
             };
             if let Err(e) = s.transform.frame(frame, &mut s.items) {
-                return Ended::Stop(Some(e));
+                return Ended::Failed(e);
             }
             while !s.transform.missing_types().is_empty() {
                 let missing = s.transform.missing_types().to_vec();
                 match s.catalog.find(&missing).await {
                     Ok(found) => s.transform.found_types(found),
-                    Err(e) => return Ended::Stop(Some(e)),
+                    Err(e) => return Ended::Failed(e),
                 }
             }
             frames += 1;
@@ -234,13 +249,10 @@ async fn stream(s: &mut Session, shutdown: &CancellationToken) -> Ended {
             }
         }
         let batch = std::mem::take(&mut s.items);
-        let Some(tx) = &s.tx else {
-            return Ended::Stop(None);
-        };
         tokio::select! {
             biased;
-            _ = shutdown.cancelled() => return Ended::Stop(None),
-            sent = tx.send(batch) => if sent.is_err() {
+            _ = shutdown.cancelled() => return Ended::Shutdown,
+            sent = s.tx.send(batch) => if sent.is_err() {
                 return Ended::Publisher(joined((&mut s.publisher).await));
             },
         }
@@ -251,23 +263,27 @@ async fn stream(s: &mut Session, shutdown: &CancellationToken) -> Ended {
 /// [`DRAIN_TIMEOUT`]), confirm the final flushed LSN. After a halt, whose acks the publish
 /// stage has already let in: confirm. After a failure: nothing more is waited for — the next
 /// session resumes from the confirmed LSN.
-async fn drain(mut s: Session, ended: Ended) -> Result<()> {
-    match ended {
-        Ended::Stop(Some(error)) => return Err(error),
-        Ended::Publisher(Err(error)) if error.kind() != Kind::Halted => return Err(error),
+async fn drain(s: Session, ended: Ended) -> Result<()> {
+    let Session {
+        repl,
+        tx,
+        mut publisher,
+        mut flushed,
+        ..
+    } = s;
+    let halted = match ended {
+        Ended::Failed(error) => return Err(error),
         Ended::Publisher(Ok(())) => {
             return Err(Error::new(
                 Kind::NatsUnavailable,
                 "the publish stage stopped; reconnecting",
             ));
         }
-        Ended::Publisher(Err(_)) | Ended::Stop(None) => {}
-    }
-    let halted = match ended {
-        Ended::Publisher(Err(error)) => Some(error),
-        _ => {
-            s.tx = None;
-            match tokio::time::timeout(DRAIN_TIMEOUT, &mut s.publisher).await {
+        Ended::Publisher(Err(error)) if error.kind() != Kind::Halted => return Err(error),
+        Ended::Publisher(Err(halted)) => Some(halted),
+        Ended::Shutdown => {
+            drop(tx);
+            match tokio::time::timeout(DRAIN_TIMEOUT, &mut publisher).await {
                 Ok(done) => {
                     if let Err(e) = joined(done) {
                         tracing::warn!(error = %e, "publisher stopped with an error during shutdown");
@@ -278,9 +294,9 @@ async fn drain(mut s: Session, ended: Ended) -> Result<()> {
             None
         }
     };
-    let last = *s.flushed.borrow_and_update();
-    confirm(&s, last);
-    s.repl.flush_confirmation(Duration::from_secs(5)).await;
+    let last = *flushed.borrow_and_update();
+    confirm(&repl, last);
+    repl.flush_confirmation(Duration::from_secs(5)).await;
     match halted {
         Some(error) => Err(error),
         None => {
@@ -290,8 +306,8 @@ async fn drain(mut s: Session, ended: Ended) -> Result<()> {
     }
 }
 
-fn confirm(s: &Session, lsn: Lsn) {
-    s.repl.confirm(lsn);
+fn confirm(repl: &PgwireReplication, lsn: Lsn) {
+    repl.confirm(lsn);
     metrics::confirmed(lsn);
 }
 

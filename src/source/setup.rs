@@ -16,6 +16,8 @@ pub struct SlotState {
     pub confirmed_flush: Lsn,
     /// Whether another connection is streaming from the slot right now.
     pub active: bool,
+    /// The server's current WAL end.
+    pub server_wal_end: Option<Lsn>,
 }
 
 /// Check the server, create what is missing, and return the slot's state. `slot_seen`: this
@@ -29,10 +31,6 @@ pub async fn prepare(config: &Config, slot_seen: bool) -> Result<SlotState> {
     static LOGGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     if !LOGGED.swap(true, std::sync::atomic::Ordering::Relaxed) {
         tracing::info!(version = %server.version, host = %config.database.host, tls = server.tls, "connected to PostgreSQL");
-    }
-    // Keeps the replication-lag metric honest while the stream is down (NATS away, standby).
-    if let Some(wal_end) = server.wal_end {
-        crate::metrics::server_wal_end(wal_end);
     }
     if !server.logical() {
         return Err(Error::new(
@@ -82,6 +80,7 @@ pub async fn prepare(config: &Config, slot_seen: bool) -> Result<SlotState> {
     Ok(SlotState {
         confirmed_flush: slot.confirmed_flush.unwrap_or(Lsn::ZERO),
         active: slot.active,
+        server_wal_end: server.wal_end,
     })
 }
 

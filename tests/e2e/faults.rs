@@ -81,7 +81,7 @@ fn under_load(name: &str) -> (PgCluster, NatsServer, Setup, Service, Load) {
 }
 
 /// Wait until the stream holds every committed row, then check: exactly once, in order.
-async fn assert_exactly_once(pg: &PgCluster, nats: &NatsServer, setup: &Setup) -> usize {
+pub(crate) async fn assert_exactly_once(pg: &PgCluster, nats: &NatsServer, setup: &Setup) -> usize {
     let committed: Vec<i64> = pg
         .psql("SELECT id FROM load ORDER BY id")
         .lines()

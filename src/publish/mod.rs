@@ -75,7 +75,7 @@ pub enum Sink {
         client: async_nats::Client,
         lost: Lost,
     },
-    Rabbit(rabbit::Rabbit),
+    Rabbit(Box<rabbit::Rabbit>),
     Stdout,
 }
 
@@ -101,7 +101,10 @@ impl Sink {
         }
         if p.kind == PublisherKind::Rabbitmq {
             let rabbit = rabbit::Rabbit::connect(config).await?;
-            return Ok((Sink::Rabbit(rabbit), AckReplies::Futures(FuturesUnordered::new())));
+            return Ok((
+                Sink::Rabbit(Box::new(rabbit)),
+                AckReplies::Futures(FuturesUnordered::new()),
+            ));
         }
         let (client, lost) = connect::client(config).await?;
         if p.kind == PublisherKind::NatsCore {

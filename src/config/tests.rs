@@ -113,7 +113,8 @@ fn wrong_types_name_the_key() {
     assert!(err("listener: [1]\n").contains("listener must be a mapping"));
     assert!(err("listener:\n  filter:\n    tables:\n      users: [upsert]\n").contains("unknown action \"upsert\""));
     assert!(
-        err("publisher:\n  type: kafka\n").contains("publisher.type is \"kafka\"; use one of: nats, nats-core, rabbitmq, stdout")
+        err("publisher:\n  type: kafka\n")
+            .contains("publisher.type is \"kafka\"; use one of: nats, nats-core, rabbitmq, stdout")
     );
     assert!(err("scripts:\n  onError: retry\n").contains("retry"));
 }
@@ -476,8 +477,7 @@ fn a_go_rabbitmq_config_loads_and_its_mistakes_name_the_key() {
     let missing = "publisher:\n  type: rabbitmq\n  address: amqp://localhost\n";
     assert!(err(missing).contains("publisher.exchangeKind is required with publisher.type: rabbitmq"));
     assert!(
-        err("publisher:\n  type: rabbitmq\n  exchangeKind: topic\n")
-            .contains("publisher.address must be one AMQP URI"),
+        err("publisher:\n  type: rabbitmq\n  exchangeKind: topic\n").contains("publisher.address must be one AMQP URI"),
         "the NATS default address is not taken for an AMQP one"
     );
     assert!(err("publisher:\n  exchangeKind: queue\n").contains("use one of: topic, direct, fanout, headers"));
@@ -489,7 +489,9 @@ fn a_go_rabbitmq_config_loads_and_its_mistakes_name_the_key() {
 
     let (_, w) = load("publisher:\n  exchangeKind: topic\n").expect("warned");
     assert!(
-        w.iter().any(|w| w.contains("publisher.exchangeKind is a RabbitMQ setting and is ignored with publisher.type: nats")),
+        w.iter().any(
+            |w| w.contains("publisher.exchangeKind is a RabbitMQ setting and is ignored with publisher.type: nats")
+        ),
         "{w:?}"
     );
 }

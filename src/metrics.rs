@@ -18,7 +18,8 @@
 //! | `wal_listener_script_reloads_total` | counter | `result` (`ok`, `error`) | script reloads |
 //! | `wal_listener_reconnects_total` | counter | | sessions ended by a transient failure |
 //! | `wal_listener_jetstream_unavailable_total` | counter | | publishes and JetStream requests answered "no responders" (JetStream stopping, starting, electing a leader, or not enabled) |
-//! | `wal_listener_ready`, `wal_listener_nats_connected` | gauge | | 1 or 0, as `/ready` and the NATS client see it |
+//! | `wal_listener_unroutable_dropped_total` | counter | | RabbitMQ messages routed to no queue and dropped (`publisher.unroutable: drop`) |
+//! | `wal_listener_ready`, `wal_listener_nats_connected` | gauge | | 1 or 0, as `/ready` and the broker client (NATS, or RabbitMQ with `type: rabbitmq`) see it |
 //!
 //! Label cardinality is bounded: subjects are chosen by scripts and could be unbounded (a
 //! subject per customer), so each labelled family keeps at most [`MAX_SERIES`] label sets;
@@ -81,6 +82,7 @@ struct Metrics {
     script_reloads: Family<ResultLabels, Counter>,
     reconnects: Counter,
     jetstream_unavailable: Counter,
+    unroutable_dropped: Counter,
     ready: Gauge,
     nats_connected: Gauge,
     /// Raw LSNs (u64) behind the gauges, so the lag is computed without float rounding.
@@ -112,6 +114,7 @@ impl Metrics {
             script_reloads: Family::default(),
             reconnects: Counter::default(),
             jetstream_unavailable: Counter::default(),
+            unroutable_dropped: Counter::default(),
             ready: Gauge::default(),
             nats_connected: Gauge::default(),
             confirmed_raw: AtomicU64::new(0),
@@ -181,6 +184,11 @@ impl Metrics {
             "wal_listener_jetstream_unavailable",
             "Publishes and JetStream requests answered no responders (JetStream stopping, starting, electing a leader, or not enabled)",
             m.jetstream_unavailable.clone(),
+        );
+        registry.register(
+            "wal_listener_unroutable_dropped",
+            "RabbitMQ messages routed to no queue and dropped (publisher.unroutable: drop)",
+            m.unroutable_dropped.clone(),
         );
         registry.register(
             "wal_listener_ready",
@@ -329,6 +337,11 @@ pub fn reconnect() {
 /// JetStream answered "no responders": to a publish, or to an API request.
 pub fn jetstream_unavailable() {
     METRICS.jetstream_unavailable.inc();
+}
+
+/// RabbitMQ routed a message to no queue and `publisher.unroutable: drop` dropped it.
+pub fn unroutable_dropped() {
+    METRICS.unroutable_dropped.inc();
 }
 
 /// Handles on `published_events_total`'s counters by subject and table, so counting a

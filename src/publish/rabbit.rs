@@ -121,12 +121,11 @@ impl Rabbit {
             immediate: false,
         };
         let (channel, exchange, payload) = (self.channel.clone(), self.exchange.clone(), msg.payload);
-        let mut publish: BoxFuture<'static, lapin::Result<lapin::PublisherConfirm>> =
-            Box::pin(async move {
-                channel
-                    .basic_publish(exchange, routing_key, options, &payload, properties)
-                    .await
-            });
+        let mut publish: BoxFuture<'static, lapin::Result<lapin::PublisherConfirm>> = Box::pin(async move {
+            channel
+                .basic_publish(exchange, routing_key, options, &payload, properties)
+                .await
+        });
         let waker = futures::task::noop_waker();
         let first = publish.as_mut().poll(&mut std::task::Context::from_waker(&waker));
         if let std::task::Poll::Ready(Err(e)) = &first {

@@ -5,9 +5,10 @@
 //! delivery mode 2 (persistent), the event id as `message_id`, `content_type` for JSON
 //! payloads, and the other envelope headers (`Wal-*`, the script's) as AMQP headers.
 //!
-//! `basic_publish` returns once lapin's I/O loop took the frames; its confirm is a future per
-//! message, which [`Rabbit::send`] hands to the publish stage's [`super::AckReplies`] tagged
-//! with the message's number. What a confirm can say:
+//! [`Rabbit::send`] polls lapin's `basic_publish` once — that queues the frames for lapin's
+//! I/O loop, in call order — and hands the rest (the write, then the confirm) to the publish
+//! stage's [`super::AckReplies`] as one future tagged with the message's number. What a
+//! confirm can say:
 //!
 //! | RabbitMQ answers | outcome |
 //! |---|---|

@@ -301,12 +301,14 @@ fn client_error(e: async_nats::client::PublishError) -> Error {
 }
 
 fn connection_lost(sink: &Sink) -> Error {
+    // The connection is to a server: NATS for JetStream too (what an operator restarts).
+    let server = match sink {
+        Sink::JetStream { .. } | Sink::Core { .. } => "NATS",
+        other => other.broker(),
+    };
     Error::new(
         sink.unavailable(),
-        format!(
-            "the {} connection was lost; replaying from the last confirmed position",
-            sink.broker()
-        ),
+        format!("the {server} connection was lost; replaying from the last confirmed position"),
     )
 }
 

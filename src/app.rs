@@ -34,7 +34,7 @@ use crate::lsn::Lsn;
 use crate::publish::Sink;
 use crate::publish::stage::PublishStage;
 use crate::script::reload;
-use crate::source::{Catalog, PgwireReplication, Replication, setup};
+use crate::source::{Catalog, PgwireReplication, Replication, setup, slot_watch};
 use crate::transform::{Outbound, Transform};
 use crate::{health, metrics};
 
@@ -136,6 +136,8 @@ struct Session {
     /// To the publish stage; `None` once closed.
     tx: Option<mpsc::Sender<Vec<Outbound>>>,
     publisher: AbortOnDropHandle<Result<()>>,
+    /// Polls the slot: safety metrics, invalidation, stalls ([`crate::source::slot_watch`]).
+    slot_watch: AbortOnDropHandle<Result<()>>,
     /// Set by the publish stage: every message up to here is acknowledged.
     flushed: watch::Receiver<Lsn>,
     /// Items for the next send (the first is the script version in effect).
@@ -148,7 +150,8 @@ async fn start(
     versions: watch::Receiver<Arc<reload::Version>>,
     carried: &mut Carried,
 ) -> Result<Session> {
-    let slot = setup::prepare(config, carried.slot_seen).await?;
+    // `pg`: the config pinned to the primary chosen from `database.host`.
+    let setup::Prepared { slot, config: pg } = setup::prepare(config, carried.slot_seen).await?;
     carried.slot_seen = true;
     if slot.active {
         return Err(Error::new(Kind::SlotBusy, "the slot is active on another connection"));
@@ -159,13 +162,14 @@ async fn start(
         sink.captures(subject, &config.publisher.topic).await?;
         carried.unanswered = None;
     }
-    let repl = PgwireReplication::start(config, slot.confirmed_flush).await?;
-    tracing::info!(slot = %config.listener.slot_name, from = %slot.confirmed_flush, "streaming changes");
+    let repl = PgwireReplication::start(&pg, slot.confirmed_flush, slot.make_failover).await?;
+    tracing::info!(slot = %config.listener.slot_name, from = %slot.confirmed_flush, server = %pg.database.address(), "streaming changes");
     health::streaming();
     metrics::confirmed(slot.confirmed_flush);
 
     // Domains, arrays and user types need pg_type; new ones are looked up while streaming.
-    let catalog = Catalog::connect(config).await?;
+    let catalog = Catalog::connect(&pg).await?;
+    let slot_watch = AbortOnDropHandle::new(tokio::spawn(slot_watch::run(pg)));
     let types = catalog.registry().await?;
     let (tx, rx) = mpsc::channel(CHANNEL);
     let (flushed_tx, flushed) = watch::channel(slot.confirmed_flush);
@@ -180,6 +184,7 @@ async fn start(
         transform,
         tx: Some(tx),
         publisher,
+        slot_watch,
         flushed,
         items,
     })
@@ -201,6 +206,9 @@ async fn stream(s: &mut Session, shutdown: &CancellationToken) -> Ended {
             biased;
             _ = shutdown.cancelled() => return Ended::Stop(None),
             done = &mut s.publisher => return Ended::Publisher(joined(done)),
+            done = &mut s.slot_watch => return Ended::Stop(Some(joined(done).err().unwrap_or_else(|| {
+                Error::new(Kind::PgUnavailable, "the slot watch ended; reconnecting")
+            }))),
             Ok(()) = s.flushed.changed() => {
                 let lsn = *s.flushed.borrow_and_update();
                 confirm(s, lsn);
@@ -295,12 +303,12 @@ fn confirm(s: &Session, lsn: Lsn) {
     metrics::confirmed(lsn);
 }
 
-/// The publish stage's result, a panic in it as an error.
+/// A stage task's result, a panic in it as an error.
 fn joined(done: std::result::Result<Result<()>, tokio::task::JoinError>) -> Result<()> {
     done.unwrap_or_else(|e| {
         Err(Error::new(
             Kind::NatsUnavailable,
-            format!("the publish stage failed: {e}"),
+            format!("a pipeline task failed: {e}"),
         ))
     })
 }

@@ -15,7 +15,7 @@ pub mod pg;
 pub mod service;
 pub mod wait;
 
-pub use nats::{NatsServer, StoredMessage};
+pub use nats::{NatsCluster, NatsServer, StoredMessage};
 pub use pg::PgCluster;
 pub use wait::{wait_for, wait_for_sync, wait_until, wait_until_sync};
 

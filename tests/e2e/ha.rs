@@ -92,6 +92,9 @@ async fn jetstream_r3_without_quorum_waits_and_resumes() {
         assert_running(&mut service);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // Nothing could be stored: the session ended as a transient failure, and was retried.
+    let log = service.log();
+    assert!(log.contains("pipeline interrupted; reconnecting"), "log:\n{log}");
     blocking(|| {
         cluster.nodes[leader].start_again();
         cluster.nodes[other].start_again();

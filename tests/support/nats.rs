@@ -524,9 +524,16 @@ impl NatsCluster {
         let start = Instant::now();
         let mut last = String::new();
         while start.elapsed() < deadline {
+            // The raw API request: async-nats' typed account info does not parse 2.9's answer.
             match async_nats::connect(self.any().url()).await {
-                Ok(client) => match jetstream::new(client).query_account().await {
-                    Ok(_) => return,
+                Ok(client) => match client.request("$JS.API.INFO", bytes::Bytes::new()).await {
+                    Ok(reply) => {
+                        let text = String::from_utf8_lossy(&reply.payload).into_owned();
+                        if text.contains("account_info_response") && !text.contains("\"error\"") {
+                            return;
+                        }
+                        last = text;
+                    }
                     Err(e) => last = e.to_string(),
                 },
                 Err(e) => last = e.to_string(),

@@ -187,7 +187,9 @@ async fn standby_failover(config: &Config, client: &tokio_postgres::Client, r: &
     let s = match inspect::failover_settings(client).await {
         Ok(s) => s,
         Err(e) => {
-            r.warn(format!("listener.failoverSlot: reading the settings of standby {at}: {e}"));
+            r.warn(format!(
+                "listener.failoverSlot: reading the settings of standby {at}: {e}"
+            ));
             return;
         }
     };
@@ -205,7 +207,9 @@ async fn standby_failover(config: &Config, client: &tokio_postgres::Client, r: &
         missing.push("hot_standby_feedback = on".to_string());
     }
     if s.primary_slot_name.as_deref().is_none_or(|v| v.trim().is_empty()) {
-        missing.push("primary_slot_name (a physical slot on the primary, listed in its synchronized_standby_slots)".to_string());
+        missing.push(
+            "primary_slot_name (a physical slot on the primary, listed in its synchronized_standby_slots)".to_string(),
+        );
     }
     if !s.primary_conninfo.as_deref().is_some_and(|c| c.contains("dbname=")) {
         missing.push("a dbname in primary_conninfo".to_string());
@@ -489,7 +493,10 @@ fn placement(info: &jetstream::stream::Info) -> String {
         if let Some(name) = &cluster.name {
             text.push_str(&format!(", cluster {name}"));
         }
-        text.push_str(&format!(", leader {}", cluster.leader.as_deref().unwrap_or("none (electing)")));
+        text.push_str(&format!(
+            ", leader {}",
+            cluster.leader.as_deref().unwrap_or("none (electing)")
+        ));
         for peer in &cluster.replicas {
             let state = if peer.offline {
                 "offline"

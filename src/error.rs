@@ -92,8 +92,10 @@ impl Kind {
             }
             SlotBusy => Disposition::Standby,
             // Only an operator can help; the message names the setting.
-            Protocol | PgRefused | PgTls | PgSetup | SlotLost | SlotInvalidated | NatsRefused | NatsTls | NatsConfig
-            | SubjectUncaptured | StreamUnusable | MessageRefused | Script | Output | Http => Disposition::Fatal,
+            Protocol | PgRefused | PgTls | PgSetup | SlotLost | SlotInvalidated | NatsRefused | NatsTls
+            | NatsConfig | SubjectUncaptured | StreamUnusable | MessageRefused | Script | Output | Http => {
+                Disposition::Fatal
+            }
         }
     }
 }

@@ -270,19 +270,31 @@ mod tests {
         // Idle: nothing pending, however long.
         assert_eq!(p.observe(Lsn(100), Lsn(100), at(600), minute), Verdict::Fine);
         // Pending and growing, but moving: fine.
-        assert_eq!(p.observe(Lsn(100), Lsn(200), at(610), minute), Verdict::Pending(Duration::from_secs(10)));
+        assert_eq!(
+            p.observe(Lsn(100), Lsn(200), at(610), minute),
+            Verdict::Pending(Duration::from_secs(10))
+        );
         assert_eq!(p.observe(Lsn(150), Lsn(300), at(620), minute), Verdict::Fine);
         // Stuck at 150 while WAL grows: stalled once the timeout has passed.
-        assert_eq!(p.observe(Lsn(150), Lsn(400), at(650), minute), Verdict::Pending(Duration::from_secs(30)));
+        assert_eq!(
+            p.observe(Lsn(150), Lsn(400), at(650), minute),
+            Verdict::Pending(Duration::from_secs(30))
+        );
         match p.observe(Lsn(150), Lsn(500), at(681), minute) {
             Verdict::Stalled(waited, why) => {
                 assert_eq!(waited, Duration::from_secs(61));
-                assert!(why.contains("stallTimeout") && why.contains("350 bytes pending"), "{why}");
+                assert!(
+                    why.contains("stallTimeout") && why.contains("350 bytes pending"),
+                    "{why}"
+                );
             }
             other => panic!("{other:?}"),
         }
         // Zero turns the check off.
-        assert_eq!(p.observe(Lsn(150), Lsn(600), at(900), Duration::ZERO), Verdict::Pending(Duration::from_secs(280)));
+        assert_eq!(
+            p.observe(Lsn(150), Lsn(600), at(900), Duration::ZERO),
+            Verdict::Pending(Duration::from_secs(280))
+        );
         // Moving again.
         assert_eq!(p.observe(Lsn(600), Lsn(600), at(901), minute), Verdict::Fine);
     }

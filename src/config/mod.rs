@@ -152,9 +152,9 @@ impl Database {
             let server = if entry.starts_with('/') {
                 (entry.to_string(), self.port)
             } else if let Some(rest) = entry.strip_prefix('[') {
-                let (addr, tail) = rest
-                    .split_once(']')
-                    .ok_or_else(|| format!("database.host entry {entry:?}: an IPv6 address in brackets lacks its ']'"))?;
+                let (addr, tail) = rest.split_once(']').ok_or_else(|| {
+                    format!("database.host entry {entry:?}: an IPv6 address in brackets lacks its ']'")
+                })?;
                 let port = match tail.strip_prefix(':') {
                     Some(port) => parse_port(entry, port)?,
                     None if tail.is_empty() => self.port,
@@ -623,7 +623,9 @@ impl Config {
             }
         }
         if self.database.ssl_mode == SslMode::VerifyFull
-            && let Some((host, _)) = servers.iter().find(|(host, _)| host.parse::<std::net::IpAddr>().is_ok())
+            && let Some((host, _)) = servers
+                .iter()
+                .find(|(host, _)| host.parse::<std::net::IpAddr>().is_ok())
         {
             return Err(invalid(format!(
                 "database.sslMode verify-full checks the host name, but database.host {host} is an IP address: use the DNS name the certificate was issued for, or sslMode verify-ca"

@@ -478,7 +478,9 @@ fn a_host_list_is_tried_in_order() {
     let (c, _) = load("database:\n  host: \"::1\"\n").expect("loads");
     assert_eq!(c.database.servers().expect("parses"), vec![("::1".to_string(), 5432)]);
     for bad in ["a:5432,,b", "a:x", "a:0"] {
-        let e = load(&format!("database:\n  host: \"{bad}\"\n")).expect_err(bad).to_string();
+        let e = load(&format!("database:\n  host: \"{bad}\"\n"))
+            .expect_err(bad)
+            .to_string();
         assert!(e.contains("database.host"), "{bad}: {e}");
     }
 }

@@ -90,10 +90,7 @@ pub async fn prepare(config: &Config, slot_seen: bool) -> Result<Prepared> {
 /// Connect to the primary: the configured server, or the first of `database.host`'s list
 /// that answers and is not in recovery. Returns the config pinned to it.
 async fn primary(config: &Config) -> Result<(tokio_postgres::Client, inspect::Server, Config)> {
-    let servers = config
-        .database
-        .servers()
-        .map_err(|e| Error::new(Kind::PgSetup, e))?;
+    let servers = config.database.servers().map_err(|e| Error::new(Kind::PgSetup, e))?;
     let mut last = None;
     for (host, port) in servers {
         let mut pinned = config.clone();

@@ -17,9 +17,7 @@ use super::tls;
 pub async fn connect(config: &Config) -> Result<tokio_postgres::Client> {
     let db = &config.database;
     let mut pg = tokio_postgres::Config::new();
-    let servers = db
-        .servers()
-        .map_err(|e| Error::new(Kind::PgRefused, e))?;
+    let servers = db.servers().map_err(|e| Error::new(Kind::PgRefused, e))?;
     for (host, port) in servers {
         pg.host(&host).port(port);
     }
@@ -110,7 +108,8 @@ async fn no_password(config: &Config) -> Error {
         Kind::PgRefused,
         format!(
             "PostgreSQL at {} asks for a password{method} for user {:?}, and none is configured: set database.password, database.passwordFile or WAL_DATABASE_PASSWORD (or allow the user without one in pg_hba.conf)",
-            db.address(), db.user
+            db.address(),
+            db.user
         ),
     )
 }
@@ -131,7 +130,8 @@ fn classify_connect(config: &Config, e: tokio_postgres::Error) -> Error {
             Kind::PgRefused,
             format!(
                 "PostgreSQL at {} wants an authentication method wal-listener cannot use for user {:?}: {text} (allow password, md5 or scram-sha-256 for this user in pg_hba.conf)",
-                db.address(), db.user
+                db.address(),
+                db.user
             ),
             e,
         );

@@ -19,12 +19,10 @@ async fn cluster_under_load(name: &str) -> (PgCluster, NatsCluster, Setup, Servi
     cluster.wait_ready(DEADLINE).await;
     let setup = Setup::new(name);
     Load::create_table(&pg);
-    let yaml = setup
-        .yaml(&pg, cluster.any())
-        .replace(
-            &format!("  address: {}\n", cluster.any().url()),
-            &format!("  address: {}\n  replicas: 3\n", cluster.urls()),
-        );
+    let yaml = setup.yaml(&pg, cluster.any()).replace(
+        &format!("  address: {}\n", cluster.any().url()),
+        &format!("  address: {}\n  replicas: 3\n", cluster.urls()),
+    );
     assert!(yaml.contains("replicas: 3"), "{yaml}");
     let mut service = Service::start(&yaml);
     blocking(|| wait_streaming(&pg, &setup.slot, &mut service));
@@ -125,11 +123,7 @@ async fn postgres_failover_continues_from_the_synchronised_slot() {
     setup.listener_extra = "  failoverSlot: true\n".into();
     let yaml = setup.yaml(&primary, &nats).replace(
         "  host: 127.0.0.1\n",
-        &format!(
-            "  host: 127.0.0.1:{},127.0.0.1:{}\n",
-            primary.port(),
-            standby.port()
-        ),
+        &format!("  host: 127.0.0.1:{},127.0.0.1:{}\n", primary.port(), standby.port()),
     );
     let mut service = Service::start(&yaml);
     blocking(|| wait_streaming(&primary, &setup.slot, &mut service));
@@ -140,10 +134,7 @@ async fn postgres_failover_continues_from_the_synchronised_slot() {
         )),
         "t"
     );
-    let load = Load::start_on(vec![
-        primary.conn_string("postgres"),
-        standby.conn_string("postgres"),
-    ]);
+    let load = Load::start_on(vec![primary.conn_string("postgres"), standby.conn_string("postgres")]);
     wait_for_growth(&nats, &setup.topic, 300).await;
     // The standby holds a persistent, synchronised copy of the slot.
     let slot = setup.slot.clone();
@@ -159,7 +150,12 @@ async fn postgres_failover_continues_from_the_synchronised_slot() {
         }
     })
     .await;
-    wait_for_growth(&nats, &setup.topic, nats.stream_len(&setup.topic).await.unwrap_or(0) + 200).await;
+    wait_for_growth(
+        &nats,
+        &setup.topic,
+        nats.stream_len(&setup.topic).await.unwrap_or(0) + 200,
+    )
+    .await;
     blocking(|| {
         primary.stop();
         standby.promote();
@@ -212,11 +208,16 @@ async fn an_invalidated_slot_stops_the_service_with_the_options() {
     let line = blocking(|| service.fatal_line(DEADLINE));
     nats.signal("CONT");
     assert!(
-        line.contains("is invalidated") && line.contains("pg_drop_replication_slot") && line.contains("max_slot_wal_keep_size"),
+        line.contains("is invalidated")
+            && line.contains("pg_drop_replication_slot")
+            && line.contains("max_slot_wal_keep_size"),
         "{line}"
     );
     assert_eq!(
-        pg.psql(&format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{}'", setup.slot)),
+        pg.psql(&format!(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{}'",
+            setup.slot
+        )),
         "1",
         "the invalidated slot must be left for the operator"
     );
@@ -243,7 +244,9 @@ async fn a_stalled_stream_turns_healthz_unhealthy_with_the_reason() {
             .is_some_and(|(status, body)| status == 503 && body.contains("stalled") && body.contains("stallTimeout"))
     })
     .await;
-    let metrics = blocking(|| get(port, "/metrics")).map(|(_, body)| body).unwrap_or_default();
+    let metrics = blocking(|| get(port, "/metrics"))
+        .map(|(_, body)| body)
+        .unwrap_or_default();
     assert!(
         sample(&metrics, "wal_listener_slot_stalled_seconds").is_some_and(|s| s >= 2.0),
         "{metrics}"

@@ -513,10 +513,7 @@ impl NatsCluster {
 
     /// A running node.
     pub fn any(&self) -> &NatsServer {
-        self.nodes
-            .iter()
-            .find(|n| n.is_running())
-            .expect("a running node")
+        self.nodes.iter().find(|n| n.is_running()).expect("a running node")
     }
 
     /// Wait until JetStream answers API requests (a meta leader is elected).
@@ -541,7 +538,10 @@ impl NatsCluster {
             tokio::time::sleep(super::wait::POLL_INTERVAL).await;
         }
         let logs: Vec<String> = self.nodes.iter().map(NatsServer::log).collect();
-        panic!("no JetStream meta leader after {deadline:?} ({last}); logs:\n{}", logs.join("\n---\n"));
+        panic!(
+            "no JetStream meta leader after {deadline:?} ({last}); logs:\n{}",
+            logs.join("\n---\n")
+        );
     }
 
     /// The index of the node leading `stream`, once it has a leader with all replicas current.

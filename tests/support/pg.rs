@@ -140,7 +140,9 @@ impl PgCluster {
             "\n# --- failover standby ---\nunix_socket_directories = '{socket_dir}'\nhot_standby = on\nhot_standby_feedback = on\nsync_replication_slots = on\n"
         ));
         pg.start_on_a_free_port();
-        primary.psql(&format!("ALTER SYSTEM SET synchronized_standby_slots = '{physical_slot}'"));
+        primary.psql(&format!(
+            "ALTER SYSTEM SET synchronized_standby_slots = '{physical_slot}'"
+        ));
         primary.psql("SELECT pg_reload_conf()");
         pg
     }

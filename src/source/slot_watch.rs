@@ -5,6 +5,8 @@
 //!   (`restart_lsn` → current WAL end), `wal_status`, `safe_wal_size` — what an operator alerts
 //!   on before `max_slot_wal_keep_size` (or PostgreSQL 18's `idle_replication_slot_timeout`)
 //!   invalidates it, or before a slot nobody watches fills the disk.
+//! - A dropped publication ends the process as on PostgreSQL 15–17 (PostgreSQL 18's pgoutput
+//!   skips a missing publication with a warning and streams on, publishing nothing).
 //! - An invalidated slot (`wal_status = lost`, an `invalidation_reason`) ends the process with
 //!   the operator's options ([`Kind::SlotInvalidated`]): streaming on would silently skip the
 //!   changes PostgreSQL threw away, and recreating the slot would hide the gap.
@@ -43,6 +45,18 @@ pub(crate) async fn run(config: Config) -> Result<()> {
             ));
         };
         metrics::slot(slot.retained_bytes, slot.safe_wal_size, slot.wal_status.as_deref());
+        let publication = &config.listener.publication;
+        if inspect::publication(&client, publication).await?.is_none() {
+            // PostgreSQL 18's pgoutput streams on without a dropped publication (with a
+            // warning in the server log) where older versions end the stream with an error.
+            return Err(Error::new(
+                Kind::SlotLost,
+                format!(
+                    "publication {publication:?} does not exist any more (dropped while wal-listener ran?): changes are not published without it; recreate it with the tables it should publish (e.g. CREATE PUBLICATION {} FOR ALL TABLES), then restart wal-listener, and re-sync consumers for changes made while it was missing",
+                    super::sql::quote_ident(publication)
+                ),
+            ));
+        }
         if let Some(reason) = slot.invalidated() {
             return Err(Error::new(
                 Kind::SlotInvalidated,

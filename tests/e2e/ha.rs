@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::faults::{Load, assert_exactly_once, wait_for_growth};
 use crate::support::http::{get, sample};
-use crate::support::service::{Service, Setup, confirmed_flush, parse_lsn, wait_streaming};
+use crate::support::service::{Service, Setup, check_connect, confirmed_flush, parse_lsn, wait_streaming};
 use crate::support::{NatsCluster, NatsServer, PgCluster, blocking, free_port, wait_until};
 
 const DEADLINE: Duration = Duration::from_secs(90);
@@ -43,6 +43,14 @@ fn assert_running(service: &mut Service) {
 async fn jetstream_r3_leader_killed_and_restarted_under_load() {
     let (pg, mut cluster, setup, mut service, load) = cluster_under_load("r3leader").await;
     let leader = cluster.stream_leader(&setup.topic, DEADLINE).await;
+    // check --connect reports the replicas and where they are.
+    let yaml = std::fs::read_to_string(service.config_path()).expect("config");
+    let (code, out) = blocking(|| check_connect(&yaml, &[]));
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("has 3 replica(s)") && out.contains(&format!("leader {}", cluster.nodes[leader].name())),
+        "{out}"
+    );
     blocking(|| cluster.nodes[leader].kill());
     let before = cluster.any().stream_len(&setup.topic).await.unwrap_or(0);
     wait_for_growth(cluster.any(), &setup.topic, before + 200).await;
@@ -319,4 +327,50 @@ async fn a_narrow_publication_keeps_the_slot_moving_and_retained_wal_bounded() {
     wait_for_growth(&nats, &setup.topic, 2).await;
     assert!(service.is_running());
     blocking(|| service.terminate());
+}
+
+/// `listener.failoverSlot` on a server without failover slots (PostgreSQL 16 or older) is a
+/// start-up error naming the key; `check --connect` says the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_slot_on_an_old_server_is_a_clear_startup_error() {
+    let (pg, nats) = blocking(|| (PgCluster::start(), NatsServer::start()));
+    if pg.version_num() >= 170_000 {
+        eprintln!("skipped: PostgreSQL 17+ has failover slots");
+        return;
+    }
+    let mut setup = Setup::new("oldfailover");
+    setup.listener_extra = "  failoverSlot: true\n".into();
+    let yaml = setup.yaml(&pg, &nats);
+    let (code, out) = blocking(|| check_connect(&yaml, &[]));
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains("error: listener.failoverSlot") && out.contains("PostgreSQL 17"),
+        "{out}"
+    );
+    let mut service = Service::start(&yaml);
+    let line = blocking(|| service.fatal_line(DEADLINE));
+    assert!(
+        line.contains("listener.failoverSlot")
+            && line.contains("PostgreSQL 17")
+            && line.contains("failoverSlot: false"),
+        "{line}"
+    );
+}
+
+/// Without `synchronized_standby_slots` on the primary, `check --connect` warns what is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_warns_when_the_primary_does_not_wait_for_standbys() {
+    let (pg, nats) = blocking(|| (PgCluster::start(), NatsServer::start()));
+    if pg.version_num() < 170_000 {
+        eprintln!("skipped: failover slots need PostgreSQL 17+");
+        return;
+    }
+    let mut setup = Setup::new("nosyncslots");
+    setup.listener_extra = "  failoverSlot: true\n".into();
+    let (code, out) = blocking(|| check_connect(&setup.yaml(&pg, &nats), &[]));
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("warning: listener.failoverSlot: synchronized_standby_slots is empty") && out.contains("lost"),
+        "{out}"
+    );
 }

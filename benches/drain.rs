@@ -85,19 +85,22 @@ async fn run() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(DEFAULT_WINDOW);
-    // (ratio, ours, baseline) per run.
+    // (ratio, ours, baseline) per run, and our CPU µs per event.
     let mut results = Vec::new();
+    let mut cpus = Vec::new();
     for (i, run) in runs.iter().enumerate() {
         let baseline = time_pg_recvlogical(&pg, &format!("baseline{i}"), &end_lsn);
         let baseline_rate = rows as f64 / baseline.as_secs_f64();
-        let (drained, _) = drain(&pg, &nats, run, "pub_bench", window, rows).await;
+        let (drained, _, cpu) = drain(&pg, &nats, run, "pub_bench", window, rows).await;
         let rate = rows as f64 / drained.as_secs_f64();
+        let cpu_us = cpu * 1e6 / rows as f64;
         println!(
-            "run {}: pg_recvlogical {baseline_rate:>7.0} rows/s ({baseline:.2?}), wal-listener with {window} in flight {rate:>7.0} rows/s ({drained:.2?}), ratio {:.2}",
+            "run {}: pg_recvlogical {baseline_rate:>7.0} rows/s ({baseline:.2?}), wal-listener with {window} in flight {rate:>7.0} rows/s ({drained:.2?}), ratio {:.2}, wal-listener CPU {cpu_us:.2} µs/event",
             i + 1,
             rate / baseline_rate
         );
         results.push((rate / baseline_rate, rate, baseline_rate));
+        cpus.push(cpu_us);
         // Each run starts with a server as fresh as the first one had (no stored messages, no
         // dedup entries from earlier runs).
         let _ = nats.jetstream().await.delete_stream(&run.topic).await;
@@ -106,12 +109,17 @@ async fn run() {
     let (ratio, rate, baseline_rate) = results[results.len() / 2];
     println!("pg_recvlogical (baseline):   {baseline_rate:>9.0} rows/s  (median run of {repeat})");
     println!("wal-listener, {window} in flight: {rate:>9.0} rows/s  ratio {ratio:.2} (target ≥ 0.70)");
+    cpus.sort_by(f64::total_cmp);
+    println!(
+        "wal-listener CPU (user + system): {:.2} µs/event (median run)",
+        cpus[cpus.len() / 2]
+    );
 
     if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "drain") {
         return;
     }
     let sample = rows.min(20_000);
-    let (one, _) = drain(&pg, &nats, &single, "pub_bench", 1, sample).await;
+    let (one, _, _) = drain(&pg, &nats, &single, "pub_bench", 1, sample).await;
     let one_rate = sample as f64 / one.as_secs_f64();
     println!(
         "wal-listener, 1 in flight:    {one_rate:>9.0} rows/s  (first {sample} rows)  ratio {:.2}; pipelining gains {:.1}x",
@@ -138,7 +146,7 @@ async fn big_transaction(pg: &PgCluster, nats: &NatsServer) {
     println!("one transaction of 1,000,000 rows written in {:.1?}", started.elapsed());
     let mut big_setup = big;
     big_setup.listener_extra = "  filter:\n    tables:\n      big: [insert]\n".into();
-    let (took, peak_kib) = drain(pg, nats, &big_setup, "pub_bench", DEFAULT_WINDOW, 1_000_000).await;
+    let (took, peak_kib, _) = drain(pg, nats, &big_setup, "pub_bench", DEFAULT_WINDOW, 1_000_000).await;
     println!(
         "1,000,000-row transaction: published in {took:.1?}, peak RSS {:.1} MiB",
         peak_kib as f64 / 1024.0
@@ -178,7 +186,7 @@ fn time_pg_recvlogical(pg: &PgCluster, slot: &str, end_lsn: &str) -> Duration {
 }
 
 /// Start the service on a pre-created slot and time it until `count` messages are stored.
-/// Returns the time and the process's peak RSS in KiB.
+/// Returns the time, the process's peak RSS in KiB and its CPU seconds.
 async fn drain(
     pg: &PgCluster,
     nats: &NatsServer,
@@ -186,7 +194,7 @@ async fn drain(
     publication: &str,
     window: usize,
     count: u64,
-) -> (Duration, u64) {
+) -> (Duration, u64, f64) {
     let mut setup = Setup {
         publication: publication.into(),
         ..clone_setup(setup)
@@ -219,8 +227,32 @@ async fn drain(
     }
     let took = started.elapsed();
     let peak = peak_rss_kib(service.pid());
+    let cpu = cpu_seconds(service.pid());
     tokio::task::block_in_place(|| service.terminate());
-    (took, peak)
+    (took, peak, cpu)
+}
+
+/// The process's CPU time so far (user + system), from /proc: robust against the machine's
+/// other load, unlike throughput.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    (ticks(11) + ticks(12)) / clock_ticks()
+}
+
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
 }
 
 fn clone_setup(s: &Setup) -> Setup {

@@ -34,7 +34,8 @@ use crate::lsn::Lsn;
 use crate::publish::Sink;
 use crate::publish::stage::PublishStage;
 use crate::script::reload;
-use crate::source::{Catalog, PgwireReplication, Replication, setup, slot_watch};
+use crate::source::slot_watch::SlotWatch;
+use crate::source::{Catalog, PgwireReplication, Replication, setup};
 use crate::transform::{Outbound, Transform};
 use crate::{health, metrics};
 
@@ -133,8 +134,8 @@ struct Session {
     repl: PgwireReplication,
     catalog: Catalog,
     transform: Transform,
-    /// To the publish stage; `None` once closed.
-    tx: Option<mpsc::Sender<Vec<Outbound>>>,
+    /// To the publish stage.
+    tx: mpsc::Sender<Vec<Outbound>>,
     publisher: AbortOnDropHandle<Result<()>>,
     /// Polls the slot: safety metrics, invalidation, stalls ([`crate::source::slot_watch`]).
     slot_watch: AbortOnDropHandle<Result<()>>,
@@ -153,6 +154,10 @@ async fn start(
     // `pg`: the config pinned to the primary chosen from `database.host`.
     let setup::Prepared { slot, config: pg } = setup::prepare(config, carried.slot_seen).await?;
     carried.slot_seen = true;
+    // Keeps the replication-lag metric honest while the stream is down (NATS away, standby).
+    if let Some(wal_end) = slot.server_wal_end {
+        metrics::server_wal_end(wal_end);
+    }
     if slot.active {
         return Err(Error::new(Kind::SlotBusy, "the slot is active on another connection"));
     }
@@ -169,7 +174,7 @@ async fn start(
 
     // Domains, arrays and user types need pg_type; new ones are looked up while streaming.
     let catalog = Catalog::connect(&pg).await?;
-    let slot_watch = AbortOnDropHandle::new(tokio::spawn(slot_watch::run(pg)));
+    let slot_watch = AbortOnDropHandle::new(tokio::spawn(watch_slot(SlotWatch::connect(pg).await?)));
     let types = catalog.registry().await?;
     let (tx, rx) = mpsc::channel(CHANNEL);
     let (flushed_tx, flushed) = watch::channel(slot.confirmed_flush);
@@ -182,7 +187,7 @@ async fn start(
         repl,
         catalog,
         transform,
-        tx: Some(tx),
+        tx,
         publisher,
         slot_watch,
         flushed,
@@ -190,10 +195,56 @@ async fn start(
     })
 }
 
+/// Look at the slot every `heartbeatInterval` while the session streams: report its safety
+/// (metrics) and progress (`/healthz`), and end the session when the slot or the publication
+/// is gone or invalidated ([`crate::source::slot_watch`]). Never returns `Ok`.
+async fn watch_slot(watch: SlotWatch) -> Result<()> {
+    // Process-wide, so that sessions ending and starting do not hide a stall.
+    static PROGRESS: std::sync::Mutex<Option<health::Progress>> = std::sync::Mutex::new(None);
+    let mut ticks = tokio::time::interval(watch.config().listener.heartbeat_interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let stall_timeout = watch.config().listener.stall_timeout;
+    loop {
+        ticks.tick().await;
+        let report = watch.poll().await?;
+        metrics::slot(
+            report.retained_bytes,
+            report.safe_wal_size,
+            report.wal_status.as_deref(),
+        );
+        let (Some(confirmed), Some(wal_end)) = (report.confirmed, report.wal_end) else {
+            continue;
+        };
+        metrics::server_wal_end(wal_end);
+        let now = Instant::now();
+        let verdict = PROGRESS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert_with(|| health::Progress::new(confirmed, wal_end, now))
+            .observe(confirmed, wal_end, now, stall_timeout);
+        match verdict {
+            health::Verdict::Fine => {
+                metrics::slot_stalled(Duration::ZERO);
+                health::stalled(None);
+            }
+            health::Verdict::Pending(waited) => {
+                metrics::slot_stalled(waited);
+                health::stalled(None);
+            }
+            health::Verdict::Stalled(waited, why) => {
+                metrics::slot_stalled(waited);
+                health::stalled(Some(why));
+            }
+        }
+    }
+}
+
 /// How streaming ended.
 enum Ended {
-    /// Shutdown, or the source failed: let the publish stage finish what it has.
-    Stop(Option<Error>),
+    /// Shutdown was requested.
+    Shutdown,
+    /// The source or the transform failed.
+    Failed(Error),
     /// The publish stage ended by itself (a failure, or a halt after its acks were in).
     Publisher(Result<()>),
 }
@@ -204,14 +255,13 @@ async fn stream(s: &mut Session, shutdown: &CancellationToken) -> Ended {
     loop {
         let frame = tokio::select! {
             biased;
-            _ = shutdown.cancelled() => return Ended::Stop(None),
+            _ = shutdown.cancelled() => return Ended::Shutdown,
             done = &mut s.publisher => return Ended::Publisher(joined(done)),
-            done = &mut s.slot_watch => return Ended::Stop(Some(joined(done).err().unwrap_or_else(|| {
+            done = &mut s.slot_watch => return Ended::Failed(joined(done).err().unwrap_or_else(|| {
                 Error::new(Kind::PgUnavailable, "the slot watch ended; reconnecting")
-            }))),
+            })),
             Ok(()) = s.flushed.changed() => {
-                let lsn = *s.flushed.borrow_and_update();
-                confirm(s, lsn);
+                confirm(&s.repl, *s.flushed.borrow_and_update());
                 continue;
             }
             frame = s.repl.recv() => frame,
@@ -222,18 +272,28 @@ async fn stream(s: &mut Session, shutdown: &CancellationToken) -> Ended {
         let mut frames = 0;
         while let Some(frame) = next.take() {
             let frame = match frame {
-                Ok(Some(frame)) => frame,
-                Ok(None) => return Ended::Stop(Some(Error::new(Kind::PgUnavailable, "the replication stream ended"))),
-                Err(e) => return Ended::Stop(Some(e)),
+                Ok(Some(frame)) => {
+                    if let Some(wal_end) = frame.wal_end() {
+                        metrics::server_wal_end(wal_end);
+                    }
+                    frame
+                }
+                Ok(None) => {
+                    return Ended::Failed(Error::new(
+                        Kind::PgUnavailable,
+                        "the replication stream ended; reconnecting",
+                    ));
+                }
+                Err(e) => return Ended::Failed(e),
             };
             if let Err(e) = s.transform.frame(frame, &mut s.items) {
-                return Ended::Stop(Some(e));
+                return Ended::Failed(e);
             }
             while !s.transform.missing_types().is_empty() {
                 let missing = s.transform.missing_types().to_vec();
                 match s.catalog.find(&missing).await {
                     Ok(found) => s.transform.found_types(found),
-                    Err(e) => return Ended::Stop(Some(e)),
+                    Err(e) => return Ended::Failed(e),
                 }
             }
             frames += 1;
@@ -242,13 +302,10 @@ async fn stream(s: &mut Session, shutdown: &CancellationToken) -> Ended {
             }
         }
         let batch = std::mem::take(&mut s.items);
-        let Some(tx) = &s.tx else {
-            return Ended::Stop(None);
-        };
         tokio::select! {
             biased;
-            _ = shutdown.cancelled() => return Ended::Stop(None),
-            sent = tx.send(batch) => if sent.is_err() {
+            _ = shutdown.cancelled() => return Ended::Shutdown,
+            sent = s.tx.send(batch) => if sent.is_err() {
                 return Ended::Publisher(joined((&mut s.publisher).await));
             },
         }
@@ -259,23 +316,27 @@ async fn stream(s: &mut Session, shutdown: &CancellationToken) -> Ended {
 /// [`DRAIN_TIMEOUT`]), confirm the final flushed LSN. After a halt, whose acks the publish
 /// stage has already let in: confirm. After a failure: nothing more is waited for — the next
 /// session resumes from the confirmed LSN.
-async fn drain(mut s: Session, ended: Ended) -> Result<()> {
-    match ended {
-        Ended::Stop(Some(error)) => return Err(error),
-        Ended::Publisher(Err(error)) if error.kind() != Kind::Halted => return Err(error),
+async fn drain(s: Session, ended: Ended) -> Result<()> {
+    let Session {
+        repl,
+        tx,
+        mut publisher,
+        mut flushed,
+        ..
+    } = s;
+    let halted = match ended {
+        Ended::Failed(error) => return Err(error),
         Ended::Publisher(Ok(())) => {
             return Err(Error::new(
                 Kind::NatsUnavailable,
                 "the publish stage stopped; reconnecting",
             ));
         }
-        Ended::Publisher(Err(_)) | Ended::Stop(None) => {}
-    }
-    let halted = match ended {
-        Ended::Publisher(Err(error)) => Some(error),
-        _ => {
-            s.tx = None;
-            match tokio::time::timeout(DRAIN_TIMEOUT, &mut s.publisher).await {
+        Ended::Publisher(Err(error)) if error.kind() != Kind::Halted => return Err(error),
+        Ended::Publisher(Err(halted)) => Some(halted),
+        Ended::Shutdown => {
+            drop(tx);
+            match tokio::time::timeout(DRAIN_TIMEOUT, &mut publisher).await {
                 Ok(done) => {
                     if let Err(e) = joined(done) {
                         tracing::warn!(error = %e, "publisher stopped with an error during shutdown");
@@ -286,9 +347,9 @@ async fn drain(mut s: Session, ended: Ended) -> Result<()> {
             None
         }
     };
-    let last = *s.flushed.borrow_and_update();
-    confirm(&s, last);
-    s.repl.flush_confirmation(Duration::from_secs(5)).await;
+    let last = *flushed.borrow_and_update();
+    confirm(&repl, last);
+    repl.flush_confirmation(Duration::from_secs(5)).await;
     match halted {
         Some(error) => Err(error),
         None => {
@@ -298,8 +359,8 @@ async fn drain(mut s: Session, ended: Ended) -> Result<()> {
     }
 }
 
-fn confirm(s: &Session, lsn: Lsn) {
-    s.repl.confirm(lsn);
+fn confirm(repl: &PgwireReplication, lsn: Lsn) {
+    repl.confirm(lsn);
     metrics::confirmed(lsn);
 }
 

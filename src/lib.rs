@@ -19,12 +19,15 @@
 //! pipeline resumes from the slot's confirmed LSN; replayed changes carry the same
 //! deterministic `Nats-Msg-Id` ([`event::event_id`]) so JetStream stores each change once.
 //!
-//! Modules, in data-flow order: [`source`] (replication connection), [`decode`] (pgoutput
-//! bytes → messages), [`event`] (messages → [`event::ChangeEvent`]s), [`script`] (Lua routing),
-//! [`publish`] (NATS), [`ack`] (ordered acknowledgements), wired together by [`app`]; [`catalog`]
-//! reads `pg_type` so that domains, arrays and user types map like their base types.
-//! Operations: [`health`] and [`metrics`] collect what [`http`] serves (`/healthz`, `/ready`,
-//! `/metrics`); [`telemetry`] sets up logging.
+//! Modules, in data-flow order: [`source`] (the replication connection, setup SQL, what
+//! PostgreSQL has for us), [`decode`] (pgoutput bytes → messages), [`event`] (messages →
+//! [`event::ChangeEvent`]s), [`transform`] (decode → event → script as function calls),
+//! [`script`] (Lua routing and `scripts.onError`), [`publish`] (NATS, the stream, the publish
+//! stage), [`ack`] (ordered acknowledgements), wired together by [`app`], the composition
+//! root. [`error`] is the one error vocabulary and says, in one place, what the session loop
+//! does about each failure. Operations: [`health`] and [`metrics`] collect what [`http`]
+//! serves (`/healthz`, `/ready`, `/metrics`); [`telemetry`] sets up logging; [`check`] is
+//! `check --connect`.
 
 pub(crate) mod ack;
 pub mod app;

@@ -307,7 +307,7 @@ fn route(config: &Config, source: &str) -> ExitCode {
                 let mut default_payload = None;
                 for (index, routed) in messages.into_iter().enumerate() {
                     let msg = publish::envelope(&event, routed, index, &mut default_payload);
-                    println!("{}", message_json(&msg));
+                    println!("{}", msg.to_json());
                 }
             }
             Err(e) => {
@@ -317,24 +317,6 @@ fn route(config: &Config, source: &str) -> ExitCode {
         }
     }
     if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }
-}
-
-fn message_json(msg: &publish::OutMessage) -> String {
-    let mut headers: Vec<(String, String)> = msg
-        .headers
-        .iter()
-        .flat_map(|(name, values)| values.iter().map(move |v| (name.to_string(), v.as_str().to_string())))
-        .collect();
-    headers.sort();
-    let headers: serde_json::Map<String, serde_json::Value> = headers
-        .into_iter()
-        .map(|(k, v)| (k, serde_json::Value::String(v)))
-        .collect();
-    let payload = match serde_json::from_slice::<serde_json::Value>(&msg.payload) {
-        Ok(v) => v,
-        Err(_) => serde_json::Value::String(String::from_utf8_lossy(&msg.payload).into_owned()),
-    };
-    serde_json::json!({"subject": msg.subject, "headers": headers, "payload": payload}).to_string()
 }
 
 /// One JSON object, a JSON array of objects, or JSON lines.

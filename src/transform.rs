@@ -108,7 +108,7 @@ impl Transform {
                 return Ok(());
             }
             Frame::Decoded(message) => message,
-            Frame::Data(bytes) => decode::decode(&bytes).map_err(|e| {
+            Frame::Data { bytes, .. } => decode::decode(&bytes).map_err(|e| {
                 Error::caused_by(
                     Kind::Protocol,
                     format!("cannot decode a pgoutput message: {e}; please report this with the PostgreSQL version"),

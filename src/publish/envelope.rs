@@ -71,6 +71,24 @@ pub fn dead_letter(event: &ChangeEvent, subject: &str, error: &str) -> OutMessag
 }
 
 impl OutMessage {
+    /// `{"subject":…,"headers":{…},"payload":…}`, headers sorted by name, the payload embedded
+    /// when it is JSON: what `route` prints and the `stdout` publisher writes.
+    pub fn to_json(&self) -> String {
+        let mut headers: Vec<(String, String)> = self
+            .headers
+            .iter()
+            .flat_map(|(name, values)| values.iter().map(move |v| (name.to_string(), v.as_str().to_string())))
+            .collect();
+        headers.sort();
+        let headers: serde_json::Map<String, serde_json::Value> = headers
+            .into_iter()
+            .map(|(k, v)| (k, serde_json::Value::String(v)))
+            .collect();
+        let payload = serde_json::from_slice::<serde_json::Value>(&self.payload)
+            .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&self.payload).into_owned()));
+        serde_json::json!({"subject": self.subject, "headers": headers, "payload": payload}).to_string()
+    }
+
     /// Bytes the message takes against the server's `max_payload` (payload plus the header
     /// block, `NATS/1.0\r\n` + `Name: value\r\n` lines + `\r\n`).
     pub fn wire_size(&self) -> usize {

@@ -165,7 +165,7 @@ impl Sink {
             Sink::Stdout => {
                 use tokio::io::AsyncWriteExt;
                 tokio::io::stdout()
-                    .write_all(&stdout_line(&msg))
+                    .write_all(format!("{}\n", msg.to_json()).as_bytes())
                     .await
                     .map_err(|e| Error::caused_by(Kind::Output, format!("cannot write to standard output: {e}"), e))?;
                 Ok(Sent::Done)
@@ -341,28 +341,6 @@ fn outcome(msg: &async_nats::Message) -> Outcome {
             String::from_utf8_lossy(&msg.payload)
         )),
     }
-}
-
-/// `{"subject":…,"headers":{…},"payload":…}` — the payload embedded when it is JSON.
-fn stdout_line(msg: &OutMessage) -> Vec<u8> {
-    let headers: serde_json::Map<String, serde_json::Value> = msg
-        .headers
-        .iter()
-        .flat_map(|(k, values)| {
-            values
-                .iter()
-                .map(move |v| (k.to_string(), serde_json::Value::String(v.as_str().to_string())))
-        })
-        .collect();
-    let payload = match serde_json::from_slice::<&serde_json::value::RawValue>(&msg.payload) {
-        Ok(raw) => serde_json::to_value(raw).unwrap_or(serde_json::Value::Null),
-        Err(_) => serde_json::Value::String(String::from_utf8_lossy(&msg.payload).into_owned()),
-    };
-    let mut line =
-        serde_json::to_vec(&serde_json::json!({"subject": msg.subject, "headers": headers, "payload": payload}))
-            .unwrap_or_default();
-    line.push(b'\n');
-    line
 }
 
 #[cfg(test)]

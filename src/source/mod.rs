@@ -35,12 +35,23 @@ pub use pgwire::PgwireReplication;
 /// One frame from the replication stream.
 #[derive(Debug)]
 pub enum Frame {
-    /// A message the transport already parsed (Begin, Commit, logical Message).
+    /// A message the transport already parsed (Begin, Commit, logical Message). The crate
+    /// drops Commit's flags byte, which PostgreSQL always sends as 0: it is 0 here too.
     Decoded(decode::Message),
-    /// A pgoutput message for our decoder.
-    Data(Bytes),
+    /// A pgoutput message for our decoder, and the server's WAL end when it was sent.
+    Data { bytes: Bytes, wal_end: Lsn },
     /// The server's WAL end, sent while idle.
     KeepAlive(Lsn),
+}
+
+impl Frame {
+    /// The server's WAL end, where the frame tells it.
+    pub fn wal_end(&self) -> Option<Lsn> {
+        match self {
+            Frame::Data { wal_end, .. } | Frame::KeepAlive(wal_end) => Some(*wal_end),
+            Frame::Decoded(_) => None,
+        }
+    }
 }
 
 /// A logical replication stream.

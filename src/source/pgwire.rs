@@ -11,7 +11,6 @@ use pgwire_replication::{ReplicationClient, ReplicationConfig, ReplicationEvent,
 use crate::config::{self, Config, SslMode};
 use crate::decode::{self, Begin, Commit, LogicalMessage, Message};
 use crate::lsn::Lsn;
-use crate::metrics;
 
 use super::{Frame, Replication, SESSION_OPTIONS};
 use crate::error::{Error, Kind, Result};
@@ -29,7 +28,8 @@ impl PgwireReplication {
     pub async fn start(config: &Config, start: Lsn, make_failover: bool) -> Result<Self> {
         let db = &config.database;
         let password = db.password.as_ref().map(config::Secret::expose).unwrap_or_default();
-        let publication = format!("\"{}\"", config.listener.publication.replace('"', "\"\""));
+        // The crate interpolates the name unquoted: quote it, so any name works.
+        let publication = super::sql::quote_ident(&config.listener.publication);
         let mut cfg = ReplicationConfig::new(
             db.host.clone(),
             db.user.clone(),
@@ -166,14 +166,11 @@ impl Replication for PgwireReplication {
             Err(e) => return Err(classify(e)),
         };
         Ok(Some(match event {
-            ReplicationEvent::XLogData { data, wal_end, .. } => {
-                metrics::server_wal_end(Lsn(wal_end.0));
-                Frame::Data(data)
-            }
-            ReplicationEvent::KeepAlive { wal_end, .. } => {
-                metrics::server_wal_end(Lsn(wal_end.0));
-                Frame::KeepAlive(Lsn(wal_end.0))
-            }
+            ReplicationEvent::XLogData { data, wal_end, .. } => Frame::Data {
+                bytes: data,
+                wal_end: Lsn(wal_end.0),
+            },
+            ReplicationEvent::KeepAlive { wal_end, .. } => Frame::KeepAlive(Lsn(wal_end.0)),
             ReplicationEvent::Begin {
                 final_lsn,
                 xid,

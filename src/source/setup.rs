@@ -16,6 +16,8 @@ pub struct SlotState {
     pub confirmed_flush: Lsn,
     /// Whether another connection is streaming from the slot right now.
     pub active: bool,
+    /// The server's current WAL end.
+    pub server_wal_end: Option<Lsn>,
     /// `listener.failoverSlot` is on and the slot is not a failover slot yet: the replication
     /// session switches it (`ALTER_REPLICATION_SLOT … (FAILOVER true)`) before streaming.
     pub make_failover: bool,
@@ -38,10 +40,6 @@ const FAILOVER_SLOTS: i32 = 170_000;
 /// more than the dropped one did; neither may pass silently.
 pub async fn prepare(config: &Config, slot_seen: bool) -> Result<Prepared> {
     let (client, server, pinned) = primary(config).await?;
-    // Keeps the replication-lag metric honest while the stream is down (NATS away, standby).
-    if let Some(wal_end) = server.wal_end {
-        crate::metrics::server_wal_end(wal_end);
-    }
     if config.listener.failover_slot && server.version_num < FAILOVER_SLOTS {
         return Err(Error::new(
             Kind::PgSetup,
@@ -81,6 +79,7 @@ pub async fn prepare(config: &Config, slot_seen: bool) -> Result<Prepared> {
         slot: SlotState {
             confirmed_flush: slot.confirmed_flush.unwrap_or(Lsn::ZERO),
             active: slot.active,
+            server_wal_end: server.wal_end,
             make_failover: config.listener.failover_slot && slot.failover == Some(false),
         },
         config: pinned,

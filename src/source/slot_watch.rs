@@ -1,7 +1,8 @@
-//! Watching the slot while a session streams: every `listener.heartbeatInterval`, one look at
-//! `pg_replication_slots` and the server's WAL end on the ordinary SQL connection.
+//! Watching the slot while a session streams: every `listener.heartbeatInterval` the session
+//! loop ([`crate::app`]) takes one look at `pg_replication_slots`, the publication and the
+//! server's WAL end on the ordinary SQL connection ([`SlotWatch::poll`]).
 //!
-//! - The slot's safety becomes metrics ([`crate::metrics::slot`]): the WAL it holds
+//! - The slot's safety becomes metrics (`crate::metrics::slot`): the WAL it holds
 //!   (`restart_lsn` → current WAL end), `wal_status`, `safe_wal_size` — what an operator alerts
 //!   on before `max_slot_wal_keep_size` (or PostgreSQL 18's `idle_replication_slot_timeout`)
 //!   invalidates it, or before a slot nobody watches fills the disk.
@@ -10,33 +11,58 @@
 //! - An invalidated slot (`wal_status = lost`, an `invalidation_reason`) ends the process with
 //!   the operator's options ([`Kind::SlotInvalidated`]): streaming on would silently skip the
 //!   changes PostgreSQL threw away, and recreating the slot would hide the gap.
-//! - Progress ([`crate::health::Progress`]): the slot's confirmed position against the
+//! - Progress (`crate::health::Progress`): the slot's confirmed position against the
 //!   server's WAL end; no movement for `listener.stallTimeout` while WAL grows turns `/healthz`
 //!   unhealthy, with the reason in the body and the log.
 //!
 //! The position judged is the server's `confirmed_flush_lsn`, not the one this process
 //! thinks it sent: a confirmation that never arrives counts as none.
 
-use std::time::Instant;
-
 use crate::config::Config;
 use crate::error::{Error, Kind, Result};
-use crate::health::{self, Progress, Verdict};
-use crate::metrics;
+use crate::lsn::Lsn;
 
 use super::inspect;
 
-/// Poll until the slot is invalidated or dropped, or the connection fails (never `Ok`).
-/// `config` is pinned to the server the session streams from.
-pub(crate) async fn run(config: Config) -> Result<()> {
-    let client = super::sql::connect(&config).await?;
-    let name = &config.listener.slot_name;
-    let mut ticks = tokio::time::interval(config.listener.heartbeat_interval);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    static PROGRESS: std::sync::Mutex<Option<Progress>> = std::sync::Mutex::new(None);
-    loop {
-        ticks.tick().await;
-        let Some(slot) = inspect::slot(&client, name).await? else {
+/// What one look at the slot found (an invalidated or missing slot is an error instead).
+#[derive(Debug, Clone)]
+pub(crate) struct SlotReport {
+    /// WAL the slot holds: `restart_lsn` to the current WAL end.
+    pub retained_bytes: Option<i64>,
+    /// `safe_wal_size` (`None`: no `max_slot_wal_keep_size`).
+    pub safe_wal_size: Option<i64>,
+    pub wal_status: Option<String>,
+    /// The slot's `confirmed_flush_lsn`, as the server has it.
+    pub confirmed: Option<Lsn>,
+    /// The server's current WAL end.
+    pub wal_end: Option<Lsn>,
+}
+
+/// The SQL connection the slot is watched on, pinned to the server the session streams from.
+pub(crate) struct SlotWatch {
+    client: tokio_postgres::Client,
+    config: Config,
+}
+
+impl SlotWatch {
+    pub async fn connect(config: Config) -> Result<SlotWatch> {
+        Ok(SlotWatch {
+            client: super::sql::connect(&config).await?,
+            config,
+        })
+    }
+
+    /// The config the watch is pinned to.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// One look: the slot's state, or why streaming cannot go on (an invalidated or dropped
+    /// slot, a dropped publication).
+    pub async fn poll(&self) -> Result<SlotReport> {
+        let (client, config) = (&self.client, &self.config);
+        let name = &config.listener.slot_name;
+        let Some(slot) = inspect::slot(client, name).await? else {
             return Err(Error::new(
                 Kind::SlotLost,
                 format!(
@@ -44,9 +70,8 @@ pub(crate) async fn run(config: Config) -> Result<()> {
                 ),
             ));
         };
-        metrics::slot(slot.retained_bytes, slot.safe_wal_size, slot.wal_status.as_deref());
         let publication = &config.listener.publication;
-        if inspect::publication(&client, publication).await?.is_none() {
+        if inspect::publication(client, publication).await?.is_none() {
             // PostgreSQL 18's pgoutput streams on without a dropped publication (with a
             // warning in the server log) where older versions end the stream with an error.
             return Err(Error::new(
@@ -62,34 +87,16 @@ pub(crate) async fn run(config: Config) -> Result<()> {
                 Kind::SlotInvalidated,
                 format!(
                     "replication {}",
-                    inspect::SlotProblem::Invalidated(reason).describe(name, &config)
+                    inspect::SlotProblem::Invalidated(reason).describe(name, config)
                 ),
             ));
         }
-        let (Some(confirmed), Some(wal_end)) = (slot.confirmed_flush, inspect::wal_end(&client).await?) else {
-            continue;
-        };
-        metrics::server_wal_end(wal_end);
-        let now = Instant::now();
-        let verdict = {
-            let mut progress = PROGRESS.lock().unwrap_or_else(|e| e.into_inner());
-            progress
-                .get_or_insert_with(|| Progress::new(confirmed, wal_end, now))
-                .observe(confirmed, wal_end, now, config.listener.stall_timeout)
-        };
-        match verdict {
-            Verdict::Fine => {
-                metrics::slot_stalled(std::time::Duration::ZERO);
-                health::stalled(None);
-            }
-            Verdict::Pending(waited) => {
-                metrics::slot_stalled(waited);
-                health::stalled(None);
-            }
-            Verdict::Stalled(waited, why) => {
-                metrics::slot_stalled(waited);
-                health::stalled(Some(why));
-            }
-        }
+        Ok(SlotReport {
+            retained_bytes: slot.retained_bytes,
+            safe_wal_size: slot.safe_wal_size,
+            wal_status: slot.wal_status,
+            confirmed: slot.confirmed_flush,
+            wal_end: inspect::wal_end(client).await?,
+        })
     }
 }

@@ -404,7 +404,7 @@ pub fn log_start(config: &Config) {
         version = env!("CARGO_PKG_VERSION"),
         slot = %config.listener.slot_name,
         publication = %config.listener.publication,
-        database = %format!("{}@{}:{}/{}", db.user, db.host, db.port, db.name),
+        database = %format!("{}@{}/{}", db.user, db.address(), db.name),
         ssl_mode = crate::source::tls::effective_mode(db).as_str(),
         database_password = if db.password.is_some() { "set" } else { "none" },
         publisher = ?p.kind,

@@ -432,6 +432,11 @@ async fn publisher(config: &Config, r: &mut Report) {
                 )),
             }
             r.ok(format!("publisher.topic: stream {name} {}", placement(&info)));
+            if c.num_replicas == 1 && info.cluster.as_ref().is_some_and(|cl| cl.name.is_some()) {
+                r.warn(format!(
+                    "publisher.replicas: stream {name} has a single replica in a JetStream cluster: while its server is down nothing can be published; use 3 replicas (nats stream edit {name} --replicas 3, or publisher.replicas: 3 for a stream wal-listener creates)"
+                ));
+            }
             if c.num_replicas < p.replicas {
                 r.warn(format!(
                     "publisher.replicas: stream {name} exists with {} replica(s), fewer than publisher.replicas {}: wal-listener does not change an existing stream (nats stream edit {name} --replicas {})",
@@ -507,9 +512,6 @@ fn placement(info: &jetstream::stream::Info) -> String {
             };
             text.push_str(&format!(", replica {} {state}", peer.name));
         }
-    }
-    if c.num_replicas == 1 && info.cluster.as_ref().is_some_and(|cl| cl.name.is_some()) {
-        text.push_str(" — a single replica in a cluster: losing its server stops publishing (publisher.replicas: 3)");
     }
     text
 }

@@ -6,6 +6,11 @@
 //!    baseline: PostgreSQL's own client writing to /dev/null); prints both rates and the ratio.
 //!    Both share two cores with PostgreSQL and nats-server, so single runs vary by ±10%: the
 //!    pair is run `BENCH_REPEAT` times (default 3), interleaved, and the median ratio reported;
+//!    Then the same backlog from a third slot into RabbitMQ (`publisher.type: rabbitmq`, a
+//!    durable topic exchange bound to one durable queue, publisher confirms, persistent
+//!    messages), once with the default window and once with `maxInFlight: 1` over the first
+//!    20,000 rows (the Go version's one-at-a-time pattern, which had no confirms at all);
+//!    `BENCH_RABBIT=0` skips it (it needs `rabbitmq-server`);
 //! 2. the same with `publisher.maxInFlight: 1` (one message at a time, the Go version's
 //!    pattern), over the first 20,000 rows;
 //! 3. peak RSS while publishing one 1,000,000-row transaction;
@@ -27,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use support::service::{Service, Setup};
-use support::{NatsServer, PgCluster};
+use support::{NatsServer, PgCluster, RabbitServer};
 
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -54,8 +59,13 @@ async fn run() {
         .max(1);
     let runs: Vec<Setup> = (0..repeat).map(|i| Setup::new(&format!("drain{i}"))).collect();
     let single = Setup::new("single");
+    let with_rabbit = std::env::var("BENCH_RABBIT").map_or(true, |v| v != "0");
+    let rabbit_runs = [Setup::new("rabbit"), Setup::new("rabbit_single")];
     let mut slots: Vec<String> = runs.iter().map(|r| r.slot.clone()).collect();
     slots.push(single.slot.clone());
+    if with_rabbit {
+        slots.extend(rabbit_runs.iter().map(|r| r.slot.clone()));
+    }
     slots.extend((0..repeat).map(|i| format!("baseline{i}")));
     for slot in &slots {
         pg.psql(&format!(
@@ -114,6 +124,24 @@ async fn run() {
         "wal-listener CPU (user + system): {:.2} µs/event (median run)",
         cpus[cpus.len() / 2]
     );
+    if with_rabbit {
+        let rabbit = tokio::task::block_in_place(RabbitServer::start);
+        let [full, one] = &rabbit_runs;
+        let took = drain_rabbit(&pg, &rabbit, full, window, rows).await;
+        let rabbit_rate = rows as f64 / took.as_secs_f64();
+        println!(
+            "RabbitMQ, {window} in flight:     {rabbit_rate:>9.0} rows/s  ({took:.2?}) ratio {:.2} to pg_recvlogical, {:.2} to JetStream",
+            rabbit_rate / baseline_rate,
+            rabbit_rate / rate
+        );
+        let sample = rows.min(20_000);
+        let took = drain_rabbit(&pg, &rabbit, one, 1, sample).await;
+        let one_rate = sample as f64 / took.as_secs_f64();
+        println!(
+            "RabbitMQ, 1 in flight:        {one_rate:>9.0} rows/s  (first {sample} rows); pipelining gains {:.1}x",
+            rabbit_rate / one_rate
+        );
+    }
 
     if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "drain") {
         return;
@@ -253,6 +281,63 @@ fn clock_ticks() -> f64 {
         .ok()
         .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
         .unwrap_or(100.0)
+}
+
+/// Start the service on a pre-created slot publishing to RabbitMQ, and time it until `count`
+/// messages are in the bound queue (a message is queued before it is confirmed).
+async fn drain_rabbit(pg: &PgCluster, rabbit: &RabbitServer, setup: &Setup, window: usize, count: u64) -> Duration {
+    use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
+    let queue = format!("q_{}", setup.topic);
+    rabbit
+        .bind_queue(
+            &setup.topic,
+            lapin::ExchangeKind::Topic,
+            &queue,
+            &format!("{}.#", setup.topic),
+        )
+        .await;
+    let conn = rabbit.client().await;
+    let ch = conn.create_channel().await.expect("channel");
+    let setup = Setup {
+        publication: "pub_bench".into(),
+        extra: "scripts:\n  onError: halt\n".into(),
+        ..clone_setup(setup)
+    };
+    let yaml = setup
+        .rabbit_yaml_at(
+            pg,
+            &rabbit.url(),
+            &format!("  exchangeKind: topic\n  maxInFlight: {window}\n"),
+        )
+        .replace("level: debug", "level: warn");
+    let started = Instant::now();
+    let mut service = Service::start(&yaml);
+    loop {
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let stored = ch
+            .queue_declare(queue.as_str().into(), passive, lapin::types::FieldTable::default())
+            .await
+            .map(|q| u64::from(q.message_count()))
+            .unwrap_or(0);
+        if stored >= count {
+            break;
+        }
+        assert!(service.is_running(), "wal-listener stopped; log:\n{}", service.log());
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "only {stored}/{count} after 10 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let took = started.elapsed();
+    tokio::task::block_in_place(|| service.terminate());
+    let _ = ch
+        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await;
+    took
 }
 
 fn clone_setup(s: &Setup) -> Setup {

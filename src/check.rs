@@ -1,4 +1,4 @@
-//! `wal-listener check --connect`: reach PostgreSQL and NATS and report, line by line, what
+//! `wal-listener check --connect`: reach PostgreSQL and the broker (NATS or RabbitMQ) and report, line by line, what
 //! the service will find there — each problem with the config key it concerns and the fix.
 //!
 //! Read-only: nothing is created (the service creates a missing publication, slot and stream
@@ -9,7 +9,8 @@ use std::fmt::Display;
 
 use async_nats::jetstream;
 
-use crate::config::{Config, PublisherKind};
+use crate::config::{Config, PublisherKind, Unroutable};
+use crate::publish::rabbit::{self, ExchangeState};
 use crate::publish::stream::{self, StreamProblem, StreamState};
 use crate::publish::{self, subject_covers};
 use crate::source::inspect::{self, SlotProblem};
@@ -391,6 +392,10 @@ async fn publisher(config: &Config, r: &mut Report) {
         r.ok("publisher: type stdout, nothing to reach");
         return;
     }
+    if p.kind == PublisherKind::Rabbitmq {
+        rabbitmq(config, r).await;
+        return;
+    }
     let client = match publish::client(config).await.map(|(client, _lost)| client) {
         Ok(client) => client,
         Err(e) => {
@@ -514,6 +519,47 @@ fn placement(info: &jetstream::stream::Info) -> String {
         }
     }
     text
+}
+
+/// RabbitMQ: the connection (address, credentials, virtual host) and the exchange's kind.
+async fn rabbitmq(config: &Config, r: &mut Report) {
+    let p = &config.publisher;
+    let shown = publish::display_address(&p.address);
+    let connection = match rabbit::connect(config).await {
+        Ok(connection) => connection,
+        Err(e) => {
+            r.error(format!("publisher.address: {e}"));
+            return;
+        }
+    };
+    r.ok(format!(
+        "publisher: RabbitMQ reachable at {shown}, virtual host {:?}, user {}",
+        connection.status().vhost().as_str(),
+        connection.status().username()
+    ));
+    let name = &p.topic;
+    let kind = rabbit::exchange_kind(config).as_str();
+    match rabbit::inspect_exchange(&connection, name, rabbit::exchange_kind(config)).await {
+        Ok(ExchangeState::Missing) => r.ok(format!(
+            "publisher.topic: exchange {name} does not exist; wal-listener declares it ({kind}, durable)"
+        )),
+        Ok(ExchangeState::Matches { durable: true }) => {
+            r.ok(format!("publisher.topic: exchange {name} exists, {kind} (publisher.exchangeKind), durable"))
+        }
+        Ok(ExchangeState::Matches { durable: false }) => r.warn(format!(
+            "publisher.topic: exchange {name} is {kind} but not durable: RabbitMQ forgets it and its bindings on restart, and messages published then are unroutable; declare it durable"
+        )),
+        Err(e) => r.error(format!("publisher.exchangeKind: {e}")),
+    }
+    r.ok(match p.unroutable {
+        Unroutable::Fail => format!(
+            "publisher.unroutable: fail — a message that exchange {name} routes to no queue stops the service with that change unconfirmed: bind queues for every subject you publish (or set publisher.unroutable: drop)"
+        ),
+        Unroutable::Drop => format!(
+            "publisher.unroutable: drop — messages that exchange {name} routes to no queue are counted (wal_listener_unroutable_dropped_total) and dropped"
+        ),
+    });
+    let _ = connection.close(200, "check done".into()).await;
 }
 
 /// A failed JetStream request in words: "no responders" means JetStream did not answer, which

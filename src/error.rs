@@ -10,8 +10,8 @@
 //!
 //! The rule (Materialize's transient-vs-definite split, supabase/etl's error policy): a
 //! failure is transient when waiting can fix it — a server down, restarting, failing over, or
-//! answering "no responders" — and fatal when only an operator can — credentials, TLS,
-//! privileges, a dropped slot, a stream that would lose events. Errors are made where the
+//! answering "no responders", RabbitMQ nacking a message — and fatal when only an operator can —
+//! credentials, TLS, privileges, a dropped slot, a stream or exchange that would lose events. Errors are made where the
 //! cause is known (the module that called the library), classified here.
 
 use std::fmt;
@@ -59,6 +59,16 @@ pub enum Kind {
     StreamUnusable,
     /// The NATS client refused one message (checked before sending, so this is a bug).
     MessageRefused,
+    /// RabbitMQ is unreachable, the connection or channel was lost, or it nacked a message.
+    BrokerUnavailable,
+    /// RabbitMQ refused the login: credentials, or a virtual host that is missing or not ours.
+    BrokerRefused,
+    /// A RabbitMQ setting that cannot work (an address that does not parse, a CA file).
+    BrokerConfig,
+    /// The exchange cannot be used as configured: another kind, or no right to declare it.
+    ExchangeUnusable,
+    /// RabbitMQ routed a message to no queue (`publisher.unroutable: fail`).
+    Unroutable,
     /// `scripts.onError: halt` stopped at a change it cannot publish.
     Halted,
     /// The routing script cannot be loaded at start.
@@ -87,15 +97,13 @@ impl Kind {
         match self {
             // Waiting helps: a server comes back, a standby is promoted, a leader is elected,
             // a fixed script is loaded (a halt is retried at once when one is).
-            PgUnavailable | PgInRecovery | NatsUnavailable | JetStreamUnavailable | NoResponders | Halted => {
-                Disposition::Transient
-            }
+            PgUnavailable | PgInRecovery | NatsUnavailable | JetStreamUnavailable | NoResponders
+            | BrokerUnavailable | Halted => Disposition::Transient,
             SlotBusy => Disposition::Standby,
             // Only an operator can help; the message names the setting.
             Protocol | PgRefused | PgTls | PgSetup | SlotLost | SlotInvalidated | NatsRefused | NatsTls
-            | NatsConfig | SubjectUncaptured | StreamUnusable | MessageRefused | Script | Output | Http => {
-                Disposition::Fatal
-            }
+            | NatsConfig | SubjectUncaptured | StreamUnusable | MessageRefused | BrokerRefused | BrokerConfig
+            | ExchangeUnusable | Unroutable | Script | Output | Http => Disposition::Fatal,
         }
     }
 }
@@ -187,6 +195,7 @@ mod tests {
             Kind::NatsUnavailable,
             Kind::JetStreamUnavailable,
             Kind::NoResponders,
+            Kind::BrokerUnavailable,
             Kind::Halted,
         ] {
             assert_eq!(kind.disposition(), Disposition::Transient, "{kind:?}");
@@ -201,6 +210,9 @@ mod tests {
             Kind::NatsRefused,
             Kind::SubjectUncaptured,
             Kind::StreamUnusable,
+            Kind::BrokerRefused,
+            Kind::ExchangeUnusable,
+            Kind::Unroutable,
         ] {
             assert_eq!(kind.disposition(), Disposition::Fatal, "{kind:?}");
         }

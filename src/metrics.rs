@@ -18,7 +18,8 @@
 //! | `wal_listener_script_reloads_total` | counter | `result` (`ok`, `error`) | script reloads |
 //! | `wal_listener_reconnects_total` | counter | | sessions ended by a transient failure |
 //! | `wal_listener_jetstream_unavailable_total` | counter | | publishes and JetStream requests answered "no responders" (JetStream stopping, starting, electing a leader, or not enabled) |
-//! | `wal_listener_ready`, `wal_listener_nats_connected` | gauge | | 1 or 0, as `/ready` and the NATS client see it |
+//! | `wal_listener_unroutable_dropped_total` | counter | | RabbitMQ messages routed to no queue and dropped (`publisher.unroutable: drop`) |
+//! | `wal_listener_ready`, `wal_listener_nats_connected` | gauge | | 1 or 0, as `/ready` and the broker client (NATS, or RabbitMQ with `type: rabbitmq`) see it |
 //! | `wal_listener_slot_retained_wal_bytes` | gauge | | WAL the slot holds on the server: its `restart_lsn` to the current WAL end (polled every `heartbeatInterval`) |
 //! | `wal_listener_slot_safe_wal_size_bytes` | gauge | | `safe_wal_size`: WAL that may still be written before `max_slot_wal_keep_size` invalidates the slot; −1 without a limit |
 //! | `wal_listener_slot_wal_status` | gauge | `status` | 1 for the slot's `wal_status` (`reserved`, `extended`, `unreserved`, `lost`), 0 for the others |
@@ -93,6 +94,7 @@ struct Metrics {
     script_reloads: Family<ResultLabels, Counter>,
     reconnects: Counter,
     jetstream_unavailable: Counter,
+    unroutable_dropped: Counter,
     ready: Gauge,
     nats_connected: Gauge,
     slot_retained: Gauge,
@@ -128,6 +130,7 @@ impl Metrics {
             script_reloads: Family::default(),
             reconnects: Counter::default(),
             jetstream_unavailable: Counter::default(),
+            unroutable_dropped: Counter::default(),
             ready: Gauge::default(),
             nats_connected: Gauge::default(),
             slot_retained: Gauge::default(),
@@ -201,6 +204,11 @@ impl Metrics {
             "wal_listener_jetstream_unavailable",
             "Publishes and JetStream requests answered no responders (JetStream stopping, starting, electing a leader, or not enabled)",
             m.jetstream_unavailable.clone(),
+        );
+        registry.register(
+            "wal_listener_unroutable_dropped",
+            "RabbitMQ messages routed to no queue and dropped (publisher.unroutable: drop)",
+            m.unroutable_dropped.clone(),
         );
         registry.register(
             "wal_listener_ready",
@@ -387,6 +395,11 @@ pub fn reconnect() {
 /// JetStream answered "no responders": to a publish, or to an API request.
 pub fn jetstream_unavailable() {
     METRICS.jetstream_unavailable.inc();
+}
+
+/// RabbitMQ routed a message to no queue and `publisher.unroutable: drop` dropped it.
+pub fn unroutable_dropped() {
+    METRICS.unroutable_dropped.inc();
 }
 
 /// Handles on `published_events_total`'s counters by subject and table, so counting a

@@ -15,8 +15,10 @@ pub fn init(logger: &Logger) {
         LogLevel::Warn => "warn",
         LogLevel::Error => "error",
     };
-    // Library chatter stays at warn unless asked for.
-    let default = format!("warn,wal_listener={level}");
+    // Library chatter stays at warn unless asked for. lapin logs every connection failure at
+    // error level — a login refused, a broker restart — each of which the service reports
+    // itself, once, with the setting to change: its lines would only repeat ours.
+    let default = format!("warn,lapin=off,wal_listener={level}");
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     // Colours only on a terminal: a log file or a container log must stay plain text.
     let builder = tracing_subscriber::fmt()

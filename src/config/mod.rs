@@ -251,6 +251,42 @@ pub struct Publisher {
     /// With `type: stdout`, confirm printed changes on the slot (off: a dry run leaves the
     /// slot where it was).
     pub confirm_stdout: bool,
+    /// RabbitMQ: the kind of the exchange `topic` (required with `type: rabbitmq`).
+    pub exchange_kind: Option<ExchangeKind>,
+    /// RabbitMQ: what to do with a message no queue is bound for.
+    pub unroutable: Unroutable,
+}
+
+/// `publisher.exchangeKind` (RabbitMQ).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExchangeKind {
+    Topic,
+    Direct,
+    Fanout,
+    Headers,
+}
+
+impl ExchangeKind {
+    /// RabbitMQ's name for the kind.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExchangeKind::Topic => "topic",
+            ExchangeKind::Direct => "direct",
+            ExchangeKind::Fanout => "fanout",
+            ExchangeKind::Headers => "headers",
+        }
+    }
+}
+
+/// `publisher.unroutable` (RabbitMQ): a message the exchange routes to no queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unroutable {
+    /// Stop with an error; the change stays unconfirmed (the default: nothing is lost).
+    Fail,
+    /// Count it (`wal_listener_unroutable_dropped_total`) and go on.
+    Drop,
 }
 
 impl Default for Publisher {
@@ -275,6 +311,8 @@ impl Default for Publisher {
             max_in_flight: 1024,
             replicas: 1,
             confirm_stdout: false,
+            exchange_kind: None,
+            unroutable: Unroutable::Fail,
         }
     }
 }
@@ -287,6 +325,8 @@ pub enum PublisherKind {
     Nats,
     /// Core NATS, no persistence.
     NatsCore,
+    /// A RabbitMQ exchange, every message confirmed (publisher confirms) before its LSN is.
+    Rabbitmq,
     /// JSON lines on standard output (dry runs).
     Stdout,
 }
@@ -297,6 +337,7 @@ impl PublisherKind {
         match self {
             PublisherKind::Nats => "nats",
             PublisherKind::NatsCore => "nats-core",
+            PublisherKind::Rabbitmq => "rabbitmq",
             PublisherKind::Stdout => "stdout",
         }
     }
@@ -466,6 +507,7 @@ impl Config {
         config.base_dir = base_dir;
         config.read_secret_files()?;
         config.validate()?;
+        config.unused_publisher_keys(&mut warnings);
         Ok((config, warnings))
     }
 
@@ -603,6 +645,9 @@ impl Config {
                 "publisher.address is empty: give a NATS URL such as nats://localhost:4222",
             ));
         }
+        if self.publisher.kind == PublisherKind::Rabbitmq {
+            self.validate_rabbitmq()?;
+        }
         if !(1..=65_536).contains(&self.publisher.max_in_flight) {
             return Err(invalid(
                 "publisher.maxInFlight must be between 1 and 65536 (1024 is a good default)",
@@ -674,6 +719,60 @@ impl Config {
             return Err(invalid("scripts.memoryLimit must be at least 1048576 (1 MiB)"));
         }
         Ok(())
+    }
+
+    /// `publisher.*` with `type: rabbitmq`: an AMQP URI, an exchange kind, no NATS-only keys.
+    fn validate_rabbitmq(&self) -> Result<(), ConfigError> {
+        let p = &self.publisher;
+        let address = p.address.trim();
+        let scheme = address.split("://").next().unwrap_or_default().to_ascii_lowercase();
+        if address.contains(',') || !(scheme == "amqp" || scheme == "amqps") || !address.contains("://") {
+            return Err(invalid(
+                "publisher.address must be one AMQP URI with publisher.type: rabbitmq, such as amqp://user:password@host:5672/vhost (or amqps://… for TLS); the Go wal-listener's value works unchanged",
+            ));
+        }
+        if p.exchange_kind.is_none() {
+            return Err(invalid(
+                "publisher.exchangeKind is required with publisher.type: rabbitmq (as in the Go wal-listener since v2.11): topic, direct, fanout or headers — the kind of the exchange publisher.topic, declared durable with it when missing",
+            ));
+        }
+        for (set, key) in [
+            (p.creds_file.is_some(), "credsFile"),
+            (p.nkey_seed_file.is_some(), "nkeySeedFile"),
+            (p.token.is_some(), "token"),
+        ] {
+            if set {
+                return Err(invalid(format!(
+                    "publisher.{key} is a NATS setting and does not apply to publisher.type: rabbitmq: put the RabbitMQ user and password in publisher.address (amqp://user:password@host/vhost) or in publisher.user and publisher.password"
+                )));
+            }
+        }
+        if p.tls_cert_file.is_some() {
+            return Err(invalid(
+                "publisher.tlsCertFile/tlsKeyFile (a client certificate) are not supported with publisher.type: rabbitmq; authenticate with a user and password over amqps:// (publisher.tlsCaFile sets the CA that verifies the server)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Warnings for RabbitMQ keys set with another publisher type.
+    fn unused_publisher_keys(&self, warnings: &mut Warnings) {
+        let p = &self.publisher;
+        if p.kind == PublisherKind::Rabbitmq {
+            return;
+        }
+        if p.exchange_kind.is_some() {
+            warnings.push(format!(
+                "publisher.exchangeKind is a RabbitMQ setting and is ignored with publisher.type: {}",
+                p.kind.as_str()
+            ));
+        }
+        if p.unroutable != Unroutable::Fail {
+            warnings.push(format!(
+                "publisher.unroutable is a RabbitMQ setting and is ignored with publisher.type: {}",
+                p.kind.as_str()
+            ));
+        }
     }
 
     /// The entry script's path resolved against the config file's directory.

@@ -148,7 +148,7 @@ const SCHEMA: &[(&str, Kind)] = &[
     (
         "publisher",
         Section(&[
-            ("type", Choice(&["nats", "nats-core", "stdout"])),
+            ("type", Choice(&["nats", "nats-core", "rabbitmq", "stdout"])),
             ("address", Str),
             ("topic", Str),
             ("topicPrefix", Str),
@@ -171,17 +171,19 @@ const SCHEMA: &[(&str, Kind)] = &[
             ("caCert", Alias("tlsCaFile")),
             ("clientCert", Alias("tlsCertFile")),
             ("clientKey", Alias("tlsKeyFile")),
-            ("pubSubProjectId", Ignored("only NATS is supported")),
+            (
+                "pubSubProjectId",
+                Ignored("Google Pub/Sub is not supported (NATS and RabbitMQ are)"),
+            ),
             (
                 "messageKeyFrom",
                 Ignored(
                     "it sets the Kafka message key and NATS messages have no key; to carry a column in a subject or header, use a script (wal.default_route, headers)",
                 ),
             ),
-            (
-                "exchangeKind",
-                Ignored("it is a RabbitMQ setting and only NATS is supported"),
-            ),
+            // RabbitMQ (type: rabbitmq); warned about with another type (`Config::from_yaml`).
+            ("exchangeKind", Choice(&["topic", "direct", "fanout", "headers"])),
+            ("unroutable", Choice(&["fail", "drop"])),
             ("enable_tls", Ignored(SNAKE_TLS)),
             ("client_cert", Ignored(SNAKE_TLS)),
             ("client_key", Ignored(SNAKE_TLS)),

@@ -113,7 +113,8 @@ fn wrong_types_name_the_key() {
     assert!(err("listener: [1]\n").contains("listener must be a mapping"));
     assert!(err("listener:\n  filter:\n    tables:\n      users: [upsert]\n").contains("unknown action \"upsert\""));
     assert!(
-        err("publisher:\n  type: kafka\n").contains("publisher.type is \"kafka\"; use one of: nats, nats-core, stdout")
+        err("publisher:\n  type: kafka\n")
+            .contains("publisher.type is \"kafka\"; use one of: nats, nats-core, rabbitmq, stdout")
     );
     assert!(err("scripts:\n  onError: retry\n").contains("retry"));
 }
@@ -501,4 +502,37 @@ fn failover_and_cluster_keys_have_defaults_and_limits() {
     assert_eq!(c.publisher.replicas, 3);
     let e = load("publisher:\n  replicas: 7\n").expect_err("7 replicas").to_string();
     assert!(e.contains("publisher.replicas"), "{e}");
+}
+
+#[test]
+fn a_go_rabbitmq_config_loads_and_its_mistakes_name_the_key() {
+    let go = "publisher:\n  type: rabbitmq\n  address: amqp://guest:guest@localhost:5672/\n  topic: wal_listener\n  ExchangeKind: topic\n";
+    let (c, w) = load(go).expect("a Go v2.11 RabbitMQ config");
+    assert!(w.is_empty(), "{w:?}");
+    assert_eq!(c.publisher.kind, PublisherKind::Rabbitmq);
+    assert_eq!(c.publisher.exchange_kind, Some(ExchangeKind::Topic));
+    assert_eq!(c.publisher.unroutable, Unroutable::Fail);
+    let (c, _) = load_env(go, &[("WAL_PUBLISHER_UNROUTABLE", "drop")]).expect("env");
+    assert_eq!(c.publisher.unroutable, Unroutable::Drop);
+
+    let missing = "publisher:\n  type: rabbitmq\n  address: amqp://localhost\n";
+    assert!(err(missing).contains("publisher.exchangeKind is required with publisher.type: rabbitmq"));
+    assert!(
+        err("publisher:\n  type: rabbitmq\n  exchangeKind: topic\n").contains("publisher.address must be one AMQP URI"),
+        "the NATS default address is not taken for an AMQP one"
+    );
+    assert!(err("publisher:\n  exchangeKind: queue\n").contains("use one of: topic, direct, fanout, headers"));
+    assert!(
+        err("publisher:\n  type: rabbitmq\n  address: amqp://h\n  exchangeKind: topic\n  token: t\n")
+            .contains("publisher.token is a NATS setting")
+    );
+    assert!(err("publisher:\n  unroutable: ignore\n").contains("use one of: fail, drop"));
+
+    let (_, w) = load("publisher:\n  exchangeKind: topic\n").expect("warned");
+    assert!(
+        w.iter().any(
+            |w| w.contains("publisher.exchangeKind is a RabbitMQ setting and is ignored with publisher.type: nats")
+        ),
+        "{w:?}"
+    );
 }

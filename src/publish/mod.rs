@@ -1,4 +1,26 @@
-//! NATS: connection, stream check/creation, and two-phase publishing.
+//! The brokers: NATS (JetStream, core), RabbitMQ, stdout — behind one boundary, [`Sink`] and
+//! [`AckReplies`], that the publish stage ([`stage`]) drives without knowing which it is.
+//!
+//! # What a publisher provides
+//!
+//! A new broker (Kafka, Google Pub/Sub) is a new [`Sink`] variant and, if its acknowledgements
+//! are futures, nothing else; the pipeline, the ack window and the session loop stay as they
+//! are. It must provide:
+//!
+//! | piece | contract |
+//! |---|---|
+//! | `connect(config)` | connect, check or create the destination (stream, exchange, topic) and return the sink and its [`AckReplies`]; errors carry a [`Kind`] whose disposition says retry, standby or stop |
+//! | [`Sink::send`]`(msg, seq)` | hand message number `seq` over without waiting for its acknowledgement, in call order, and say how it will be known to be stored: [`Sent::Pending`] (its ack arrives on the [`AckReplies`] stream by number — JetStream's inbox), [`Sent::Awaiting`] (a future per message that the ack stream adopts — RabbitMQ's confirms, and what Kafka's delivery reports or Pub/Sub's publish results would be), or [`Sent::Done`] (nothing will be known: core NATS, stdout). May wait while the client's buffer is full, but not forever |
+//! | the ack stream ([`AckReplies::next`]) | one [`Ack`] per pending message, in any order: [`Outcome::Stored`] only when the broker has it durably; anything else is an error whose kind decides (a refusal to replay, a routing failure to stop on) |
+//! | [`Sink::lost`] | resolves when the connection is gone, so the stage stops waiting for acks that cannot come |
+//! | [`Sink::refusal`] / [`Sink::max_payload`] | which messages the broker would refuse (size, name lengths), checked before sending so that `scripts.onError` handles them instead of an endless replay |
+//! | [`Sink::flush`] / [`Sink::close`] | after the last ack of a drain: push out what the client buffers, close politely |
+//!
+//! No publisher retries a message by itself: a failure ends the session, and the next one
+//! replays from the slot's confirmed LSN — so ordering per subject holds across failures, and
+//! a replay carries the same message ids (deduplicated by JetStream; by consumers on RabbitMQ).
+//!
+//! # NATS
 //!
 //! [`Sink::send`] hands a message to the client and returns at once; for JetStream the
 //! message carries a reply subject `<inbox>.<seq>`, and the server's PubAck arrives on the one
@@ -9,11 +31,17 @@
 //! within the stream's duplicate window, which is what makes replays after a crash invisible
 //! to consumers.
 //!
+//! # RabbitMQ
+//!
+//! See [`rabbit`]: publisher confirms, `mandatory`, persistent messages, the event id as
+//! `message_id`.
+//!
 //! Message envelopes — subject, headers and payload built from an event and a script's
 //! [`Routed`] output — are made by [`envelope`] and [`dead_letter`].
 
 mod connect;
 mod envelope;
+pub(crate) mod rabbit;
 pub(crate) mod stage;
 pub(crate) mod stream;
 
@@ -21,6 +49,8 @@ use std::time::Duration;
 
 use async_nats::StatusCode;
 use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
 
 use crate::config::{Config, PublisherKind};
 use crate::error::{Error, Kind, Result};
@@ -45,14 +75,16 @@ pub enum Sink {
         client: async_nats::Client,
         lost: Lost,
     },
+    Rabbit(Box<rabbit::Rabbit>),
     Stdout,
 }
 
 /// Whether a sent message still waits for its acknowledgement.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sent {
-    /// Its PubAck will arrive on [`AckReplies`].
+    /// Its ack will arrive on [`AckReplies`] (JetStream's PubAck on the inbox).
     Pending,
+    /// Its ack is this future, for [`AckReplies::adopt`] (RabbitMQ's publisher confirm).
+    Awaiting(BoxFuture<'static, Ack>),
     /// Nothing more will be known about it (core NATS, stdout): done.
     Done,
 }
@@ -65,23 +97,18 @@ impl Sink {
         let p = &config.publisher;
         if p.kind == PublisherKind::Stdout {
             crate::health::nats_client().connected(true);
+            return Ok((Sink::Stdout, AckReplies::None));
+        }
+        if p.kind == PublisherKind::Rabbitmq {
+            let rabbit = rabbit::Rabbit::connect(config).await?;
             return Ok((
-                Sink::Stdout,
-                AckReplies {
-                    sub: None,
-                    prefix_len: 0,
-                },
+                Sink::Rabbit(Box::new(rabbit)),
+                AckReplies::Futures(FuturesUnordered::new()),
             ));
         }
         let (client, lost) = connect::client(config).await?;
         if p.kind == PublisherKind::NatsCore {
-            return Ok((
-                Sink::Core { client, lost },
-                AckReplies {
-                    sub: None,
-                    prefix_len: 0,
-                },
-            ));
+            return Ok((Sink::Core { client, lost }, AckReplies::None));
         }
         if !client.server_info().jetstream {
             crate::metrics::jetstream_unavailable();
@@ -104,8 +131,8 @@ impl Sink {
             )
         })?;
         let reply_prefix = format!("{inbox}.");
-        let replies = AckReplies {
-            sub: Some(sub),
+        let replies = AckReplies::Inbox {
+            sub,
             prefix_len: reply_prefix.len(),
         };
         Ok((
@@ -128,9 +155,10 @@ impl Sink {
         stream::captured(&context(client), subject, topic).await
     }
 
-    /// Resolves when the connection to NATS is lost (never for stdout).
+    /// Resolves when the connection to the broker is lost (never for stdout).
     pub async fn lost(&self) {
         match self {
+            Sink::Rabbit(rabbit) => rabbit.lost().await,
             Sink::JetStream { lost, .. } | Sink::Core { lost, .. } => {
                 let mut lost = lost.clone();
                 if lost.wait_for(|l| *l).await.is_err() {
@@ -170,6 +198,7 @@ impl Sink {
                     .map_err(|e| Error::caused_by(Kind::Output, format!("cannot write to standard output: {e}"), e))?;
                 Ok(Sent::Done)
             }
+            Sink::Rabbit(rabbit) => Ok(Sent::Awaiting(rabbit.send(msg, seq).await?)),
         }
     }
 
@@ -177,7 +206,26 @@ impl Sink {
     pub fn max_payload(&self) -> Option<usize> {
         match self {
             Sink::JetStream { client, .. } | Sink::Core { client, .. } => Some(client.server_info().max_payload),
+            Sink::Rabbit(_) => Some(rabbit::MAX_MESSAGE),
             Sink::Stdout => None,
+        }
+    }
+
+    /// Why the broker would refuse `msg`, if it would (checked before sending, so that
+    /// `scripts.onError` handles it).
+    pub fn refusal(&self, msg: &OutMessage) -> Option<String> {
+        match self {
+            Sink::Rabbit(rabbit) => rabbit.refusal(msg),
+            _ => {
+                let limit = self.max_payload()?;
+                (msg.wire_size() > limit).then(|| {
+                    format!(
+                        "message for {} is {} bytes, more than the NATS server's max_payload of {limit}",
+                        msg.subject,
+                        msg.wire_size()
+                    )
+                })
+            }
         }
     }
 
@@ -188,7 +236,32 @@ impl Sink {
                 .flush()
                 .await
                 .map_err(|e| Error::caused_by(Kind::NatsUnavailable, format!("NATS flush: {e}"), e)),
-            Sink::Stdout => Ok(()),
+            Sink::Rabbit(_) | Sink::Stdout => Ok(()),
+        }
+    }
+
+    /// Close the connection after a drain (RabbitMQ; NATS clients close on drop).
+    pub async fn close(&self) {
+        if let Sink::Rabbit(rabbit) = self {
+            rabbit.close().await;
+        }
+    }
+
+    /// The kind of error for this broker being unavailable.
+    pub fn unavailable(&self) -> Kind {
+        match self {
+            Sink::Rabbit(_) => Kind::BrokerUnavailable,
+            _ => Kind::NatsUnavailable,
+        }
+    }
+
+    /// The broker's name, for messages.
+    pub fn broker(&self) -> &'static str {
+        match self {
+            Sink::JetStream { .. } => "JetStream",
+            Sink::Core { .. } => "NATS",
+            Sink::Rabbit(_) => "RabbitMQ",
+            Sink::Stdout => "stdout",
         }
     }
 }
@@ -227,10 +300,13 @@ fn client_error(e: async_nats::client::PublishError) -> Error {
     }
 }
 
-fn connection_lost() -> Error {
+fn connection_lost(sink: &Sink) -> Error {
     Error::new(
-        Kind::NatsUnavailable,
-        "the NATS connection was lost; replaying from the last confirmed position",
+        sink.unavailable(),
+        format!(
+            "the {} connection was lost; replaying from the last confirmed position",
+            sink.broker()
+        ),
     )
 }
 
@@ -241,12 +317,18 @@ fn context(client: &async_nats::Client) -> async_nats::jetstream::Context {
         .build(client.clone())
 }
 
-/// The JetStream acknowledgements of one connection, as they arrive.
-pub struct AckReplies {
-    /// `None` when nothing is acknowledged (core NATS, stdout).
-    sub: Option<async_nats::Subscriber>,
-    /// Length of `<inbox>.` in a reply's subject.
-    prefix_len: usize,
+/// The acknowledgements of one connection, as they arrive.
+pub enum AckReplies {
+    /// Nothing is acknowledged (core NATS, stdout).
+    None,
+    /// JetStream's PubAcks on the inbox `<inbox>.*`.
+    Inbox {
+        sub: async_nats::Subscriber,
+        /// Length of `<inbox>.` in a reply's subject.
+        prefix_len: usize,
+    },
+    /// One future per message ([`Sent::Awaiting`]): RabbitMQ's publisher confirms.
+    Futures(FuturesUnordered<BoxFuture<'static, Ack>>),
 }
 
 /// One acknowledgement: the message's sequence number and what JetStream did with it.
@@ -270,11 +352,31 @@ pub enum Outcome {
 }
 
 impl AckReplies {
+    /// Wait for `ack` too ([`Sent::Awaiting`]).
+    pub fn adopt(&mut self, ack: BoxFuture<'static, Ack>) {
+        match self {
+            AckReplies::Futures(pending) => pending.push(ack),
+            // A sink that returns futures has `Futures` replies (`Sink::connect`); none mixes.
+            AckReplies::None | AckReplies::Inbox { .. } => {
+                let only = FuturesUnordered::new();
+                only.push(ack);
+                *self = AckReplies::Futures(only);
+            }
+        }
+    }
+
     /// The next acknowledgement; pending forever when there are none to wait for. An error
     /// when the subscription ended (the connection is gone).
     pub async fn next(&mut self) -> Result<Ack> {
-        let Some(sub) = &mut self.sub else {
-            return std::future::pending().await;
+        let (sub, prefix_len) = match self {
+            AckReplies::None => return std::future::pending().await,
+            AckReplies::Futures(pending) => {
+                return match pending.next().await {
+                    Some(ack) => Ok(ack),
+                    None => std::future::pending().await,
+                };
+            }
+            AckReplies::Inbox { sub, prefix_len } => (sub, *prefix_len),
         };
         loop {
             let Some(msg) = sub.next().await else {
@@ -284,7 +386,7 @@ impl AckReplies {
                 ));
             };
             // A subject that is not `<inbox>.<number>` cannot be ours: ignore it.
-            if let Some(seq) = msg.subject.get(self.prefix_len..).and_then(|n| n.parse().ok()) {
+            if let Some(seq) = msg.subject.get(prefix_len..).and_then(|n| n.parse().ok()) {
                 return Ok(Ack {
                     seq,
                     outcome: outcome(&msg),

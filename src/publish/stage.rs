@@ -3,13 +3,14 @@
 //! It takes the transform's [`Outbound`] items in commit order, builds each routed event's
 //! messages (headers and JSON payload, off the transform's thread), applies
 //! `scripts.onError` to what cannot be published as routed (a script failure, a message too
-//! large), and hands messages to the [`Sink`] without waiting for each acknowledgement. Acks
-//! arrive on one inbox subscription ([`AckReplies`]) and are matched in the [`AckWindow`],
+//! large, or refused by the broker for another reason — [`Sink::refusal`]), and hands messages
+//! to the [`Sink`] without waiting for each acknowledgement. Acks arrive on [`AckReplies`] (one
+//! inbox subscription for JetStream, confirm futures for RabbitMQ) and are matched in the [`AckWindow`],
 //! which releases a checkpoint's LSN only once every message before it is acknowledged; that
 //! LSN goes to the session loop on a watch channel, which confirms it to PostgreSQL.
 //!
 //! At most `publisher.maxInFlight` messages are unacknowledged at any time, also inside one
-//! transaction. A lost connection, a message JetStream did not store, or no ack for
+//! transaction. A lost connection, a message the broker did not store, or no ack for
 //! [`ACK_TIMEOUT`] while messages wait ends the stage with an error; what was acknowledged
 //! until then has been released.
 
@@ -90,7 +91,9 @@ impl PublishStage {
                 },
             }
         }
-        self.sink.flush().await
+        self.sink.flush().await?;
+        self.sink.close().await;
+        Ok(())
     }
 
     async fn take(&mut self, batch: Vec<Outbound>) -> Result<()> {
@@ -120,14 +123,7 @@ impl PublishStage {
         let mut default_payload: Option<Bytes> = None;
         for (index, routed) in routed.into_iter().enumerate() {
             let message = envelope(event, routed, index, &mut default_payload);
-            if let Some(limit) = self.max_payload
-                && message.wire_size() > limit
-            {
-                let error = format!(
-                    "message for {} is {} bytes, more than the NATS server's max_payload of {limit}",
-                    message.subject,
-                    message.wire_size()
-                );
+            if let Some(error) = self.sink.refusal(&message) {
                 messages.clear();
                 self.messages = messages;
                 return self.unpublishable(event, &error).await;
@@ -175,9 +171,13 @@ impl PublishStage {
         }
         let delivery = self.counters.start(&message.subject, table, message.commit_time);
         let seq = self.window.push_message(delivery);
-        if self.sink.send(message, seq).await? == Sent::Done {
-            self.window.ack(seq);
-            self.release();
+        match self.sink.send(message, seq).await? {
+            Sent::Pending => {}
+            Sent::Awaiting(ack) => self.replies.adopt(ack),
+            Sent::Done => {
+                self.window.ack(seq);
+                self.release();
+            }
         }
         Ok(())
     }
@@ -187,7 +187,7 @@ impl PublishStage {
     async fn wait(&mut self) -> Result<()> {
         tokio::select! {
             biased;
-            _ = self.sink.lost() => return Err(super::connection_lost()),
+            _ = self.sink.lost() => return Err(super::connection_lost(&self.sink)),
             ack = self.replies.next() => {
                 self.ack(ack?)?;
                 while let Some(ack) = self.replies.try_next() {
@@ -199,9 +199,10 @@ impl PublishStage {
             _ = self.stall_check.tick() => {
                 if !self.window.is_empty() && self.progress.elapsed() > ACK_TIMEOUT {
                     return Err(Error::new(
-                        crate::error::Kind::NatsUnavailable,
+                        self.sink.unavailable(),
                         format!(
-                            "JetStream acknowledged nothing for {ACK_TIMEOUT:?} with {} messages in flight; replaying from the last confirmed position",
+                            "{} acknowledged nothing for {ACK_TIMEOUT:?} with {} messages in flight; replaying from the last confirmed position",
+                            self.sink.broker(),
                             self.window.in_flight()
                         ),
                     ));

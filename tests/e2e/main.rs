@@ -15,6 +15,7 @@ mod operator;
 mod ops;
 mod pipeline;
 mod quickstart;
+mod rabbit;
 mod scripts;
 mod tls;
 mod toast;

@@ -3,11 +3,11 @@
 //! JetStream is reported and retried; a password the server asks for and nobody configured is
 //! a fatal error that names the method and the keys, at once.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::faults::assert_exactly_once;
 use crate::support::http::{get, sample};
 use crate::support::service::{Service, Setup, check_connect, wait_streaming};
 use crate::support::{NatsServer, PgCluster, blocking, free_port, wait_until};
@@ -70,27 +70,6 @@ impl Writer {
         assert!(n > 20, "the writer barely ran ({n} transactions)");
         i64::try_from(n).unwrap_or(0) * ROWS
     }
-}
-
-/// Every row `1..=rows` exactly once, in commit order.
-async fn assert_every_row_once_in_order(nats: &NatsServer, topic: &str, rows: i64) {
-    let want = u64::try_from(rows).unwrap_or(0);
-    wait_until("every committed row in the stream", DEADLINE, || async move {
-        nats.stream_len(topic).await.unwrap_or(0) >= want
-    })
-    .await;
-    let messages = nats.stream_messages(topic).await;
-    let ids: HashSet<&str> = messages.iter().filter_map(|m| m.header("Nats-Msg-Id")).collect();
-    assert_eq!(ids.len(), messages.len(), "a Nats-Msg-Id was stored twice");
-    let published: Vec<i64> = messages
-        .iter()
-        .map(|m| m.json()["data"]["id"].as_i64().unwrap_or(-1))
-        .collect();
-    assert_eq!(
-        published,
-        (1..=rows).collect::<Vec<_>>(),
-        "each row once, in commit order"
-    );
 }
 
 fn ready(port: u16) -> bool {
@@ -177,7 +156,12 @@ async fn nats_goes_away_under_load(name: &str, stop: Stop) {
     })
     .await;
     let rows = BACKLOG * ROWS + writer.finish().await;
-    assert_every_row_once_in_order(&nats, &setup.topic, rows).await;
+    let stored = assert_exactly_once(&pg, &nats, &setup).await;
+    assert_eq!(
+        stored,
+        usize::try_from(rows).unwrap_or(0),
+        "every row the writers committed"
+    );
     assert!(service.is_running(), "log:\n{}", service.log());
     wait_until(
         "/ready back to 200",

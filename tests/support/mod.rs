@@ -1,4 +1,4 @@
-//! Integration-test harness: real, throwaway PostgreSQL and NATS servers.
+//! Integration-test harness: real, throwaway PostgreSQL, NATS and RabbitMQ servers.
 //!
 //! Include it from an integration test with `mod support;`. Every test starts
 //! its own servers (own temp dir, own free TCP port), so tests run in
@@ -12,11 +12,13 @@ pub mod certs;
 pub mod http;
 pub mod nats;
 pub mod pg;
+pub mod rabbit;
 pub mod service;
 pub mod wait;
 
 pub use nats::{NatsCluster, NatsServer, StoredMessage};
 pub use pg::PgCluster;
+pub use rabbit::{RabbitMessage, RabbitServer};
 pub use wait::{wait_for, wait_for_sync, wait_until, wait_until_sync};
 
 use std::collections::HashSet;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{NatsServer, PgCluster, read_log};
+use super::{NatsServer, PgCluster, RabbitServer, read_log};
 
 /// Settings every test config shares, plus what the test adds.
 pub struct Setup {
@@ -44,6 +44,30 @@ impl Setup {
             self.topic,
             self.extra
         )
+    }
+}
+
+impl Setup {
+    /// The same settings publishing to RabbitMQ at `address` (exchange = `topic`), with
+    /// `publisher_extra` lines under `publisher:` (indented by two spaces).
+    pub fn rabbit_yaml_at(&self, pg: &PgCluster, address: &str, publisher_extra: &str) -> String {
+        format!(
+            "listener:\n  slotName: {}\n  publication: {}\n  heartbeatInterval: 1s\n  serverHost: 127.0.0.1\n  serverPort: {}\n{}\ndatabase:\n  host: 127.0.0.1\n  port: {}\n  name: postgres\n  user: postgres\npublisher:\n  type: rabbitmq\n  address: {}\n  topic: {}\n{}\nlogger:\n  level: debug\n  fmt: text\n{}\n",
+            self.slot,
+            self.publication,
+            self.server_port,
+            self.listener_extra,
+            pg.port(),
+            address,
+            self.topic,
+            publisher_extra,
+            self.extra
+        )
+    }
+
+    /// [`Setup::rabbit_yaml_at`] the server's default virtual host, a topic exchange.
+    pub fn rabbit_yaml(&self, pg: &PgCluster, rabbit: &RabbitServer) -> String {
+        self.rabbit_yaml_at(pg, &rabbit.url(), "  exchangeKind: topic\n")
     }
 }
 

@@ -34,6 +34,7 @@ use crate::lsn::Lsn;
 use crate::publish::Sink;
 use crate::publish::stage::PublishStage;
 use crate::script::reload;
+use crate::source::slot_watch::SlotWatch;
 use crate::source::{Catalog, PgwireReplication, Replication, setup};
 use crate::transform::{Outbound, Transform};
 use crate::{health, metrics};
@@ -136,6 +137,8 @@ struct Session {
     /// To the publish stage.
     tx: mpsc::Sender<Vec<Outbound>>,
     publisher: AbortOnDropHandle<Result<()>>,
+    /// Polls the slot: safety metrics, invalidation, stalls ([`crate::source::slot_watch`]).
+    slot_watch: AbortOnDropHandle<Result<()>>,
     /// Set by the publish stage: every message up to here is acknowledged.
     flushed: watch::Receiver<Lsn>,
     /// Items for the next send (the first is the script version in effect).
@@ -148,7 +151,8 @@ async fn start(
     versions: watch::Receiver<Arc<reload::Version>>,
     carried: &mut Carried,
 ) -> Result<Session> {
-    let slot = setup::prepare(config, carried.slot_seen).await?;
+    // `pg`: the config pinned to the primary chosen from `database.host`.
+    let setup::Prepared { slot, config: pg } = setup::prepare(config, carried.slot_seen).await?;
     carried.slot_seen = true;
     // Keeps the replication-lag metric honest while the stream is down (NATS away, standby).
     if let Some(wal_end) = slot.server_wal_end {
@@ -163,13 +167,14 @@ async fn start(
         sink.captures(subject, &config.publisher.topic).await?;
         carried.unanswered = None;
     }
-    let repl = PgwireReplication::start(config, slot.confirmed_flush).await?;
-    tracing::info!(slot = %config.listener.slot_name, from = %slot.confirmed_flush, "streaming changes");
+    let repl = PgwireReplication::start(&pg, slot.confirmed_flush, slot.make_failover).await?;
+    tracing::info!(slot = %config.listener.slot_name, from = %slot.confirmed_flush, server = %pg.database.address(), "streaming changes");
     health::streaming();
     metrics::confirmed(slot.confirmed_flush);
 
     // Domains, arrays and user types need pg_type; new ones are looked up while streaming.
-    let catalog = Catalog::connect(config).await?;
+    let catalog = Catalog::connect(&pg).await?;
+    let slot_watch = AbortOnDropHandle::new(tokio::spawn(watch_slot(SlotWatch::connect(pg).await?)));
     let types = catalog.registry().await?;
     let (tx, rx) = mpsc::channel(CHANNEL);
     let (flushed_tx, flushed) = watch::channel(slot.confirmed_flush);
@@ -184,9 +189,54 @@ async fn start(
         transform,
         tx,
         publisher,
+        slot_watch,
         flushed,
         items,
     })
+}
+
+/// Look at the slot every `heartbeatInterval` while the session streams: report its safety
+/// (metrics) and progress (`/healthz`), and end the session when the slot or the publication
+/// is gone or invalidated ([`crate::source::slot_watch`]). Never returns `Ok`.
+async fn watch_slot(watch: SlotWatch) -> Result<()> {
+    // Process-wide, so that sessions ending and starting do not hide a stall.
+    static PROGRESS: std::sync::Mutex<Option<health::Progress>> = std::sync::Mutex::new(None);
+    let mut ticks = tokio::time::interval(watch.config().listener.heartbeat_interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let stall_timeout = watch.config().listener.stall_timeout;
+    loop {
+        ticks.tick().await;
+        let report = watch.poll().await?;
+        metrics::slot(
+            report.retained_bytes,
+            report.safe_wal_size,
+            report.wal_status.as_deref(),
+        );
+        let (Some(confirmed), Some(wal_end)) = (report.confirmed, report.wal_end) else {
+            continue;
+        };
+        metrics::server_wal_end(wal_end);
+        let now = Instant::now();
+        let verdict = PROGRESS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert_with(|| health::Progress::new(confirmed, wal_end, now))
+            .observe(confirmed, wal_end, now, stall_timeout);
+        match verdict {
+            health::Verdict::Fine => {
+                metrics::slot_stalled(Duration::ZERO);
+                health::stalled(None);
+            }
+            health::Verdict::Pending(waited) => {
+                metrics::slot_stalled(waited);
+                health::stalled(None);
+            }
+            health::Verdict::Stalled(waited, why) => {
+                metrics::slot_stalled(waited);
+                health::stalled(Some(why));
+            }
+        }
+    }
 }
 
 /// How streaming ended.
@@ -207,6 +257,9 @@ async fn stream(s: &mut Session, shutdown: &CancellationToken) -> Ended {
             biased;
             _ = shutdown.cancelled() => return Ended::Shutdown,
             done = &mut s.publisher => return Ended::Publisher(joined(done)),
+            done = &mut s.slot_watch => return Ended::Failed(joined(done).err().unwrap_or_else(|| {
+                Error::new(Kind::PgUnavailable, "the slot watch ended; reconnecting")
+            })),
             Ok(()) = s.flushed.changed() => {
                 confirm(&s.repl, *s.flushed.borrow_and_update());
                 continue;
@@ -311,12 +364,12 @@ fn confirm(repl: &PgwireReplication, lsn: Lsn) {
     metrics::confirmed(lsn);
 }
 
-/// The publish stage's result, a panic in it as an error.
+/// A stage task's result, a panic in it as an error.
 fn joined(done: std::result::Result<Result<()>, tokio::task::JoinError>) -> Result<()> {
     done.unwrap_or_else(|e| {
         Err(Error::new(
             Kind::NatsUnavailable,
-            format!("the publish stage failed: {e}"),
+            format!("a pipeline task failed: {e}"),
         ))
     })
 }
@@ -351,7 +404,7 @@ pub fn log_start(config: &Config) {
         version = env!("CARGO_PKG_VERSION"),
         slot = %config.listener.slot_name,
         publication = %config.listener.publication,
-        database = %format!("{}@{}:{}/{}", db.user, db.host, db.port, db.name),
+        database = %format!("{}@{}/{}", db.user, db.address(), db.name),
         ssl_mode = crate::source::tls::effective_mode(db).as_str(),
         database_password = if db.password.is_some() { "set" } else { "none" },
         publisher = ?p.kind,

@@ -59,6 +59,27 @@ pub async fn connections(config: &Config) -> Report {
 }
 
 async fn database(config: &Config, r: &mut Report) {
+    let servers = match config.database.servers() {
+        Ok(servers) => servers,
+        Err(e) => {
+            r.error(e);
+            return;
+        }
+    };
+    if servers.len() == 1 {
+        return server(config, r).await;
+    }
+    // Each server of the list: the primary is checked in full, a standby for what a failover
+    // needs there.
+    for (host, port) in servers {
+        let mut pinned = config.clone();
+        pinned.database.host = host;
+        pinned.database.port = port;
+        server(&pinned, r).await;
+    }
+}
+
+async fn server(config: &Config, r: &mut Report) {
     let db = &config.database;
     let client = match sql::connect(config).await {
         Ok(client) => client,
@@ -96,7 +117,20 @@ async fn database(config: &Config, r: &mut Report) {
         ));
     }
     if server.in_recovery {
-        r.error("database: the server is a standby in recovery; connect database.host to the primary");
+        if config.listener.failover_slot {
+            // A standby that is to take over: what it needs to keep a usable copy of the slot.
+            r.ok(format!(
+                "database: {}:{} is a standby in recovery; wal-listener streams from it once it is promoted",
+                db.host, db.port
+            ));
+            standby_failover(config, &client, r).await;
+        } else {
+            r.error(format!(
+                "database: {}:{} is a standby in recovery; connect database.host to the primary (or list the primary first, and set listener.failoverSlot for a failover)",
+                db.host, db.port
+            ));
+        }
+        return;
     }
     if server.replication || server.superuser {
         r.ok(format!("database: user {} may replicate (REPLICATION)", db.user));
@@ -108,7 +142,100 @@ async fn database(config: &Config, r: &mut Report) {
     }
 
     slot(config, &client, r).await;
+    if config.listener.failover_slot {
+        primary_failover(config, &client, &server, r).await;
+    }
     publication(config, &client, server.superuser, r).await;
+}
+
+/// On the primary: failover slots exist here, and logical replication waits for the standbys.
+async fn primary_failover(config: &Config, client: &tokio_postgres::Client, server: &inspect::Server, r: &mut Report) {
+    if server.version_num < 170_000 {
+        r.error(format!(
+            "listener.failoverSlot: PostgreSQL {} has no failover slots (PostgreSQL 17 or later): set listener.failoverSlot: false or upgrade",
+            server.version
+        ));
+        return;
+    }
+    let name = &config.listener.slot_name;
+    match inspect::slot(client, name).await {
+        Ok(Some(slot)) if slot.failover == Some(true) => {
+            r.ok(format!("listener.failoverSlot: slot {name} is a failover slot"))
+        }
+        Ok(Some(_)) => r.ok(format!(
+            "listener.failoverSlot: slot {name} is not a failover slot yet; wal-listener switches it (ALTER_REPLICATION_SLOT {name} (FAILOVER true)) when it starts"
+        )),
+        Ok(None) => r.ok(format!(
+            "listener.failoverSlot: wal-listener creates slot {name} as a failover slot"
+        )),
+        Err(e) => r.warn(format!("listener.failoverSlot: reading slot {name}: {e}")),
+    }
+    match inspect::failover_settings(client).await {
+        Ok(s) if s.synchronized_standby_slots.as_deref().is_some_and(|v| !v.trim().is_empty()) => r.ok(format!(
+            "listener.failoverSlot: synchronized_standby_slots = '{}' on the primary: changes reach wal-listener only after those standbys have them",
+            s.synchronized_standby_slots.unwrap_or_default()
+        )),
+        Ok(_) => r.warn(
+            "listener.failoverSlot: synchronized_standby_slots is empty on the primary: the slot may confirm changes the standby does not have yet, and after a failover the standby's copy of the slot can lie ahead of its WAL — those changes are lost, or the copy unusable. Set synchronized_standby_slots to the standbys' physical slot names (primary_slot_name on each)",
+        ),
+        Err(e) => r.warn(format!("listener.failoverSlot: reading the primary's settings: {e}")),
+    }
+}
+
+/// On a standby: what keeps a synchronised, usable copy of the failover slot.
+async fn standby_failover(config: &Config, client: &tokio_postgres::Client, r: &mut Report) {
+    let at = format!("{}:{}", config.database.host, config.database.port);
+    let s = match inspect::failover_settings(client).await {
+        Ok(s) => s,
+        Err(e) => {
+            r.warn(format!(
+                "listener.failoverSlot: reading the settings of standby {at}: {e}"
+            ));
+            return;
+        }
+    };
+    if s.sync_replication_slots.is_none() {
+        r.error(format!(
+            "listener.failoverSlot: standby {at} has no slot synchronisation (PostgreSQL 17 or later): the slot is missing after a failover to it"
+        ));
+        return;
+    }
+    let mut missing = Vec::new();
+    if s.sync_replication_slots.as_deref() != Some("on") {
+        missing.push("sync_replication_slots = on".to_string());
+    }
+    if s.hot_standby_feedback.as_deref() != Some("on") {
+        missing.push("hot_standby_feedback = on".to_string());
+    }
+    if s.primary_slot_name.as_deref().is_none_or(|v| v.trim().is_empty()) {
+        missing.push(
+            "primary_slot_name (a physical slot on the primary, listed in its synchronized_standby_slots)".to_string(),
+        );
+    }
+    if !s.primary_conninfo.as_deref().is_some_and(|c| c.contains("dbname=")) {
+        missing.push("a dbname in primary_conninfo".to_string());
+    }
+    if missing.is_empty() {
+        r.ok(format!(
+            "listener.failoverSlot: standby {at} synchronises failover slots (sync_replication_slots, hot_standby_feedback, primary_slot_name, dbname in primary_conninfo)"
+        ));
+    } else {
+        r.error(format!(
+            "listener.failoverSlot: standby {at} does not keep a usable copy of the slot; set {} there",
+            missing.join(", ")
+        ));
+    }
+    let name = &config.listener.slot_name;
+    match inspect::slot(client, name).await {
+        Ok(Some(slot)) if slot.synced == Some(true) => r.ok(format!(
+            "listener.failoverSlot: standby {at} has a synchronised copy of slot {name} (confirmed {})",
+            slot.confirmed_flush.map_or_else(|| "-".into(), |lsn| lsn.to_string())
+        )),
+        Ok(_) => r.warn(format!(
+            "listener.failoverSlot: standby {at} has no synchronised copy of slot {name} yet (it appears once the primary's slot is a failover slot and the standby caught up)"
+        )),
+        Err(e) => r.warn(format!("listener.failoverSlot: reading slot {name} on standby {at}: {e}")),
+    }
 }
 
 async fn slot(config: &Config, client: &tokio_postgres::Client, r: &mut Report) {
@@ -158,7 +285,7 @@ async fn slot(config: &Config, client: &tokio_postgres::Client, r: &mut Report) 
     };
     if let Some(problem) = slot.problem(config) {
         r.error(format!("listener.slotName: {}", problem.describe(name, config)));
-        if problem != SlotProblem::Lost {
+        if !matches!(problem, SlotProblem::Invalidated(_)) {
             return;
         }
     }
@@ -174,6 +301,18 @@ async fn slot(config: &Config, client: &tokio_postgres::Client, r: &mut Report) 
         "listener.slotName: slot {name} (pgoutput) {holder}, confirmed {}, holding {retained} of WAL",
         slot.confirmed_flush.map_or_else(|| "-".into(), |lsn| lsn.to_string())
     ));
+    if let Some(safe) = slot.safe_wal_size {
+        let text = format!(
+            "listener.slotName: slot {name} may fall {} further behind before max_slot_wal_keep_size invalidates it (safe_wal_size; wal_status {})",
+            human_bytes(safe),
+            slot.wal_status.as_deref().unwrap_or("-")
+        );
+        if safe < LAG_WARNING_BYTES {
+            r.warn(text);
+        } else {
+            r.ok(text);
+        }
+    }
     if let Some(bytes) = slot.retained_bytes.filter(|b| *b > LAG_WARNING_BYTES) {
         r.warn(format!(
             "listener.slotName: slot {name} holds {} of WAL; PostgreSQL keeps it until wal-listener confirms it (is it running? alert on wal_listener_replication_lag_bytes)",
@@ -297,6 +436,18 @@ async fn publisher(config: &Config, r: &mut Report) {
                     c.storage, c.duplicate_window, info.state.messages
                 )),
             }
+            r.ok(format!("publisher.topic: stream {name} {}", placement(&info)));
+            if c.num_replicas == 1 && info.cluster.as_ref().is_some_and(|cl| cl.name.is_some()) {
+                r.warn(format!(
+                    "publisher.replicas: stream {name} has a single replica in a JetStream cluster: while its server is down nothing can be published; use 3 replicas (nats stream edit {name} --replicas 3, or publisher.replicas: 3 for a stream wal-listener creates)"
+                ));
+            }
+            if c.num_replicas < p.replicas {
+                r.warn(format!(
+                    "publisher.replicas: stream {name} exists with {} replica(s), fewer than publisher.replicas {}: wal-listener does not change an existing stream (nats stream edit {name} --replicas {})",
+                    c.num_replicas, p.replicas, p.replicas
+                ));
+            }
             if stream::window_too_short(c.duplicate_window) {
                 r.warn(format!(
                     "publisher.topic: stream {name} has a duplicate window of {:?}, shorter than the {:?} in which wal-listener may replay a message after a failure: replays may store duplicates (2m or more recommended)",
@@ -305,10 +456,19 @@ async fn publisher(config: &Config, r: &mut Report) {
                 ));
             }
         }
-        Ok(StreamState::Missing) => r.ok(format!(
-            "publisher.topic: stream {name} does not exist; wal-listener creates it (subjects {wanted}, file storage, duplicate window {:?})",
-            p.duplicate_window
-        )),
+        Ok(StreamState::Missing) => {
+            r.ok(format!(
+                "publisher.topic: stream {name} does not exist; wal-listener creates it (subjects {wanted}, file storage, duplicate window {:?}, {} replica(s), publisher.replicas)",
+                p.duplicate_window, p.replicas
+            ));
+            if stream::window_too_short(p.duplicate_window) {
+                r.warn(format!(
+                    "publisher.duplicateWindow {:?} is shorter than the {:?} in which wal-listener may replay a message after a failure: replays may store duplicates (2m or more recommended)",
+                    p.duplicate_window,
+                    crate::publish::RETRY_HORIZON
+                ));
+            }
+        }
         Err(e) => r.error(format!("publisher.topic: {e}")),
     }
     let dead_letter = config.dead_letter_subject();
@@ -325,6 +485,40 @@ async fn publisher(config: &Config, r: &mut Report) {
             )),
         }
     }
+}
+
+/// Where the stream lives: replicas, cluster, leader and each replica's state.
+fn placement(info: &jetstream::stream::Info) -> String {
+    let c = &info.config;
+    let mut text = format!("has {} replica(s)", c.num_replicas);
+    if let Some(placement) = &c.placement {
+        if let Some(cluster) = &placement.cluster {
+            text.push_str(&format!(", placed in cluster {cluster}"));
+        }
+        if !placement.tags.is_empty() {
+            text.push_str(&format!(", placement tags {:?}", placement.tags));
+        }
+    }
+    if let Some(cluster) = &info.cluster {
+        if let Some(name) = &cluster.name {
+            text.push_str(&format!(", cluster {name}"));
+        }
+        text.push_str(&format!(
+            ", leader {}",
+            cluster.leader.as_deref().unwrap_or("none (electing)")
+        ));
+        for peer in &cluster.replicas {
+            let state = if peer.offline {
+                "offline"
+            } else if peer.current {
+                "current"
+            } else {
+                "catching up"
+            };
+            text.push_str(&format!(", replica {} {state}", peer.name));
+        }
+    }
+    text
 }
 
 /// RabbitMQ: the connection (address, credentials, virtual host) and the exchange's kind.

@@ -35,6 +35,9 @@ pub enum Kind {
     SlotBusy,
     /// The slot or the publication disappeared while the service ran.
     SlotLost,
+    /// PostgreSQL invalidated the slot (`wal_status = lost`, an `invalidation_reason`): the
+    /// changes it held are gone; never recreated silently.
+    SlotInvalidated,
     /// The replication stream broke the protocol (an undecodable or out-of-order message).
     Protocol,
     /// NATS is unreachable, or the connection was lost or stopped answering.
@@ -98,9 +101,9 @@ impl Kind {
             | BrokerUnavailable | Halted => Disposition::Transient,
             SlotBusy => Disposition::Standby,
             // Only an operator can help; the message names the setting.
-            Protocol | PgRefused | PgTls | PgSetup | SlotLost | NatsRefused | NatsTls | NatsConfig
-            | SubjectUncaptured | StreamUnusable | MessageRefused | BrokerRefused | BrokerConfig | ExchangeUnusable
-            | Unroutable | Script | Output | Http => Disposition::Fatal,
+            Protocol | PgRefused | PgTls | PgSetup | SlotLost | SlotInvalidated | NatsRefused | NatsTls
+            | NatsConfig | SubjectUncaptured | StreamUnusable | MessageRefused | BrokerRefused | BrokerConfig
+            | ExchangeUnusable | Unroutable | Script | Output | Http => Disposition::Fatal,
         }
     }
 }
@@ -202,6 +205,7 @@ mod tests {
             Kind::PgRefused,
             Kind::PgTls,
             Kind::SlotLost,
+            Kind::SlotInvalidated,
             Kind::Protocol,
             Kind::NatsRefused,
             Kind::SubjectUncaptured,

@@ -9,6 +9,13 @@
 //! | streaming, NATS disconnected (the session ends and reconnects) | 503 | 503 |
 //! | reconnecting (a session failed; retrying with backoff) | 503 | 503 |
 //! | stopping (SIGTERM: draining in-flight acks) | 200 | 503 |
+//! | streaming, but stalled (below) | 503 | 503 |
+//!
+//! *Stalled*: the slot's confirmed position has not moved for `listener.stallTimeout` while
+//! the server's WAL grew past it — changes are pending and nothing gets through (the Go
+//! version's "active for days with nothing published"). [`Progress`] decides it from the
+//! slot polls ([`crate::source::slot_watch`]); a liveness probe on `/healthz` then restarts
+//! the process.
 //!
 //! `/healthz` is "alive, and the connections are up" (SPEC §7); a standby is healthy — waiting
 //! is its job. `/ready` is "streaming and publishing". The pipeline reports through the free
@@ -16,6 +23,9 @@
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::lsn::Lsn;
 
 use crate::error::{Error, Kind};
 
@@ -59,6 +69,8 @@ struct State {
     nats_generation: AtomicU64,
     /// Why the pipeline is not streaming (the last transient failure), for the probe bodies.
     reason: Mutex<String>,
+    /// Why the stream counts as stalled, if it does.
+    stalled: Mutex<Option<String>>,
 }
 
 static STATE: State = State {
@@ -66,7 +78,76 @@ static STATE: State = State {
     nats: AtomicBool::new(false),
     nats_generation: AtomicU64::new(0),
     reason: Mutex::new(String::new()),
+    stalled: Mutex::new(None),
 };
+
+/// Whether the slot's confirmed position keeps up: fed each slot poll, process-wide so that
+/// sessions ending and starting do not hide a stall.
+#[derive(Debug)]
+pub struct Progress {
+    confirmed: Lsn,
+    /// When `confirmed` last moved, or changes stopped being pending.
+    since: Instant,
+    /// The server's WAL end at that moment.
+    wal_end_then: Lsn,
+    stalled: bool,
+}
+
+/// What one poll concluded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Moving, or nothing pending.
+    Fine,
+    /// Changes pending without progress for this long (below the timeout).
+    Pending(Duration),
+    /// Stalled: the reason for the probe body and the log.
+    Stalled(Duration, String),
+}
+
+impl Progress {
+    pub fn new(confirmed: Lsn, wal_end: Lsn, now: Instant) -> Progress {
+        Progress {
+            confirmed,
+            since: now,
+            wal_end_then: wal_end,
+            stalled: false,
+        }
+    }
+
+    /// One poll: the slot's `confirmed_flush_lsn` and the server's WAL end.
+    pub fn observe(&mut self, confirmed: Lsn, wal_end: Lsn, now: Instant, timeout: Duration) -> Verdict {
+        let pending = wal_end > confirmed;
+        if confirmed != self.confirmed || !pending {
+            *self = Progress::new(confirmed, wal_end, now);
+            return Verdict::Fine;
+        }
+        let waited = now.saturating_duration_since(self.since);
+        if !timeout.is_zero() && waited >= timeout && wal_end > self.wal_end_then {
+            self.stalled = true;
+            return Verdict::Stalled(
+                waited,
+                format!(
+                    "stalled: the slot's confirmed position {confirmed} has not moved for {}s while the server's WAL grew to {wal_end} ({} bytes pending; listener.stallTimeout {}s)",
+                    waited.as_secs(),
+                    wal_end.0.saturating_sub(confirmed.0),
+                    timeout.as_secs()
+                ),
+            );
+        }
+        Verdict::Pending(waited)
+    }
+}
+
+/// The stream is stalled (`Some(reason)`), or moving again (`None`). Logged on each change.
+pub fn stalled(reason: Option<String>) {
+    let mut stalled = STATE.stalled.lock().unwrap_or_else(|e| e.into_inner());
+    match (&*stalled, &reason) {
+        (None, Some(why)) => tracing::error!(reason = %why, "replication stalled: /healthz reports unhealthy"),
+        (Some(_), None) => tracing::info!("replication moves again: /healthz healthy"),
+        _ => {}
+    }
+    *stalled = reason;
+}
 
 fn set_phase(phase: Phase) {
     // Stopping is final: a session failing while the process drains does not undo it.
@@ -159,7 +240,9 @@ pub fn report() -> Report {
     let phase = phase();
     let nats = nats_connected();
     let reason = STATE.reason.lock().map(|r| r.clone()).unwrap_or_default();
+    let stalled = STATE.stalled.lock().map(|s| s.clone()).unwrap_or_default();
     let (healthy, ready, detail) = match phase {
+        Phase::Streaming if stalled.is_some() => (false, false, stalled.unwrap_or_default()),
         Phase::Starting => (true, false, "starting: connecting to PostgreSQL and NATS".to_string()),
         Phase::Standby => (true, false, reason),
         Phase::Streaming if nats => (true, true, "ok: streaming".to_string()),
@@ -177,6 +260,44 @@ pub fn report() -> Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stall_is_no_progress_while_wal_grows() {
+        let t0 = Instant::now();
+        let minute = Duration::from_secs(60);
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut p = Progress::new(Lsn(100), Lsn(100), t0);
+        // Idle: nothing pending, however long.
+        assert_eq!(p.observe(Lsn(100), Lsn(100), at(600), minute), Verdict::Fine);
+        // Pending and growing, but moving: fine.
+        assert_eq!(
+            p.observe(Lsn(100), Lsn(200), at(610), minute),
+            Verdict::Pending(Duration::from_secs(10))
+        );
+        assert_eq!(p.observe(Lsn(150), Lsn(300), at(620), minute), Verdict::Fine);
+        // Stuck at 150 while WAL grows: stalled once the timeout has passed.
+        assert_eq!(
+            p.observe(Lsn(150), Lsn(400), at(650), minute),
+            Verdict::Pending(Duration::from_secs(30))
+        );
+        match p.observe(Lsn(150), Lsn(500), at(681), minute) {
+            Verdict::Stalled(waited, why) => {
+                assert_eq!(waited, Duration::from_secs(61));
+                assert!(
+                    why.contains("stallTimeout") && why.contains("350 bytes pending"),
+                    "{why}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // Zero turns the check off.
+        assert_eq!(
+            p.observe(Lsn(150), Lsn(600), at(900), Duration::ZERO),
+            Verdict::Pending(Duration::from_secs(280))
+        );
+        // Moving again.
+        assert_eq!(p.observe(Lsn(600), Lsn(600), at(901), minute), Verdict::Fine);
+    }
 
     /// The state is process-wide; this one test walks it through every transition in order.
     #[test]
@@ -221,6 +342,12 @@ mod tests {
         assert!(r.healthy && !r.ready && r.detail.contains("standby"), "{r:?}");
 
         streaming();
+        stalled(Some("stalled: nothing moves".into()));
+        let r = report();
+        assert!(!r.healthy && !r.ready && r.detail == "stalled: nothing moves", "{r:?}");
+        stalled(None);
+        assert!(report().healthy);
+
         stopping();
         streaming();
         reconnecting(&Error::new(Kind::NatsUnavailable, "late failure"));

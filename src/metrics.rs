@@ -20,6 +20,10 @@
 //! | `wal_listener_jetstream_unavailable_total` | counter | | publishes and JetStream requests answered "no responders" (JetStream stopping, starting, electing a leader, or not enabled) |
 //! | `wal_listener_unroutable_dropped_total` | counter | | RabbitMQ messages routed to no queue and dropped (`publisher.unroutable: drop`) |
 //! | `wal_listener_ready`, `wal_listener_nats_connected` | gauge | | 1 or 0, as `/ready` and the broker client (NATS, or RabbitMQ with `type: rabbitmq`) see it |
+//! | `wal_listener_slot_retained_wal_bytes` | gauge | | WAL the slot holds on the server: its `restart_lsn` to the current WAL end (polled every `heartbeatInterval`) |
+//! | `wal_listener_slot_safe_wal_size_bytes` | gauge | | `safe_wal_size`: WAL that may still be written before `max_slot_wal_keep_size` invalidates the slot; −1 without a limit |
+//! | `wal_listener_slot_wal_status` | gauge | `status` | 1 for the slot's `wal_status` (`reserved`, `extended`, `unreserved`, `lost`), 0 for the others |
+//! | `wal_listener_slot_stalled_seconds` | gauge | | time since the slot's confirmed position last moved while changes are pending (0 when it moves or nothing is pending) |
 //!
 //! Label cardinality is bounded: subjects are chosen by scripts and could be unbounded (a
 //! subject per customer), so each labelled family keeps at most [`MAX_SERIES`] label sets;
@@ -68,6 +72,14 @@ struct ResultLabels {
     result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabels {
+    status: &'static str,
+}
+
+/// The values `pg_replication_slots.wal_status` takes.
+const WAL_STATUSES: [&str; 4] = ["reserved", "extended", "unreserved", "lost"];
+
 struct Metrics {
     registry: Registry,
     published: Family<PublishedLabels, Counter>,
@@ -85,6 +97,10 @@ struct Metrics {
     unroutable_dropped: Counter,
     ready: Gauge,
     nats_connected: Gauge,
+    slot_retained: Gauge,
+    slot_safe_wal_size: Gauge,
+    slot_wal_status: Family<StatusLabels, Gauge>,
+    slot_stalled: Gauge,
     /// Raw LSNs (u64) behind the gauges, so the lag is computed without float rounding.
     confirmed_raw: AtomicU64,
     wal_end_raw: AtomicU64,
@@ -117,6 +133,10 @@ impl Metrics {
             unroutable_dropped: Counter::default(),
             ready: Gauge::default(),
             nats_connected: Gauge::default(),
+            slot_retained: Gauge::default(),
+            slot_safe_wal_size: Gauge::default(),
+            slot_wal_status: Family::default(),
+            slot_stalled: Gauge::default(),
             confirmed_raw: AtomicU64::new(0),
             wal_end_raw: AtomicU64::new(0),
             published_series: AtomicUsize::new(0),
@@ -200,6 +220,27 @@ impl Metrics {
             "1 while the NATS client is connected",
             m.nats_connected.clone(),
         );
+        registry.register(
+            "wal_listener_slot_retained_wal_bytes",
+            "WAL the replication slot holds on the server: restart_lsn to the current WAL end",
+            m.slot_retained.clone(),
+        );
+        registry.register(
+            "wal_listener_slot_safe_wal_size_bytes",
+            "safe_wal_size of the slot: WAL that may be written before max_slot_wal_keep_size invalidates it (-1: no limit)",
+            m.slot_safe_wal_size.clone(),
+        );
+        registry.register(
+            "wal_listener_slot_wal_status",
+            "1 for the slot's wal_status (reserved, extended, unreserved, lost)",
+            m.slot_wal_status.clone(),
+        );
+        registry.register(
+            "wal_listener_slot_stalled_seconds",
+            "Seconds since the slot's confirmed position last moved while changes are pending",
+            m.slot_stalled.clone(),
+        );
+        m.slot_safe_wal_size.set(-1);
         // Series that alerts refer to exist from the start, at 0.
         for kind in ["script", "publish", "value"] {
             drop(m.problematic.get_or_create(&KindLabels { app: APP, kind }));
@@ -280,6 +321,23 @@ pub fn server_wal_end(lsn: Lsn) {
     if lsn.0 > previous {
         m.server_wal_end.set(gauge_value(lsn.0));
     }
+}
+
+/// What a poll of `pg_replication_slots` found.
+pub fn slot(retained_bytes: Option<i64>, safe_wal_size: Option<i64>, wal_status: Option<&str>) {
+    let m = &*METRICS;
+    m.slot_retained.set(retained_bytes.unwrap_or(0).max(0));
+    m.slot_safe_wal_size.set(safe_wal_size.unwrap_or(-1));
+    for status in WAL_STATUSES {
+        m.slot_wal_status
+            .get_or_create(&StatusLabels { status })
+            .set(i64::from(wal_status == Some(status)));
+    }
+}
+
+/// How long the slot has not moved while changes are pending.
+pub fn slot_stalled(waited: std::time::Duration) {
+    METRICS.slot_stalled.set(gauge_value(waited.as_secs()));
 }
 
 /// The routing script dropped an event of `table`.

@@ -60,6 +60,13 @@ pub struct Listener {
     pub server_port: u16,
     #[serde(with = "duration_text")]
     pub heartbeat_interval: Duration,
+    /// `/healthz` turns unhealthy when the slot's confirmed position has not moved for this
+    /// long while the server's WAL grew past it; zero turns the check off.
+    #[serde(with = "duration_text")]
+    pub stall_timeout: Duration,
+    /// Create the slot with `FAILOVER` (PostgreSQL 17+), or switch an existing one to it, so
+    /// standbys with `sync_replication_slots` keep a copy that survives a failover.
+    pub failover_slot: bool,
     pub filter: Filter,
     pub topics_map: BTreeMap<String, String>,
 }
@@ -72,6 +79,8 @@ impl Default for Listener {
             server_host: String::new(),
             server_port: 8080,
             heartbeat_interval: Duration::from_secs(10),
+            stall_timeout: Duration::from_secs(300),
+            failover_slot: false,
             filter: Filter::default(),
             topics_map: BTreeMap::new(),
         }
@@ -125,6 +134,67 @@ impl Default for Database {
     }
 }
 
+impl Database {
+    /// The servers `database.host` names, in the order they are tried: one host, or a
+    /// libpq-style list `primary:5432,standby:5433` (an entry without a port uses
+    /// `database.port`; a Unix socket directory starts with `/`; an IPv6 address with a port
+    /// is written `[::1]:5432`).
+    pub fn servers(&self) -> Result<Vec<(String, u16)>, String> {
+        let mut servers = Vec::new();
+        for entry in self.host.split(',') {
+            let entry = entry.trim();
+            if entry.is_empty() {
+                return Err(format!(
+                    "database.host {:?} has an empty entry: list servers as host:port,host:port",
+                    self.host
+                ));
+            }
+            let server = if entry.starts_with('/') {
+                (entry.to_string(), self.port)
+            } else if let Some(rest) = entry.strip_prefix('[') {
+                let (addr, tail) = rest.split_once(']').ok_or_else(|| {
+                    format!("database.host entry {entry:?}: an IPv6 address in brackets lacks its ']'")
+                })?;
+                let port = match tail.strip_prefix(':') {
+                    Some(port) => parse_port(entry, port)?,
+                    None if tail.is_empty() => self.port,
+                    None => return Err(format!("database.host entry {entry:?}: expected [address]:port")),
+                };
+                (addr.to_string(), port)
+            } else {
+                match entry.rsplit_once(':') {
+                    // More than one ':' without brackets: a bare IPv6 address.
+                    Some((host, port)) if !host.contains(':') => (host.to_string(), parse_port(entry, port)?),
+                    _ => (entry.to_string(), self.port),
+                }
+            };
+            servers.push(server);
+        }
+        Ok(servers)
+    }
+
+    /// The server(s) for messages: `host:port`, or the list as configured.
+    pub fn address(&self) -> String {
+        if self.is_list() {
+            self.host.clone()
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    /// Whether `database.host` lists more than one server.
+    pub fn is_list(&self) -> bool {
+        self.host.contains(',')
+    }
+}
+
+fn parse_port(entry: &str, port: &str) -> Result<u16, String> {
+    port.parse::<u16>()
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| format!("database.host entry {entry:?}: {port:?} is not a port number"))
+}
+
 /// `database.sslMode`, libpq's names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -176,6 +246,8 @@ pub struct Publisher {
     pub duplicate_window: Duration,
     /// Messages published but not yet acknowledged, at most.
     pub max_in_flight: usize,
+    /// Replicas of a stream we create (3 or 5 in a JetStream cluster).
+    pub replicas: usize,
     /// With `type: stdout`, confirm printed changes on the slot (off: a dry run leaves the
     /// slot where it was).
     pub confirm_stdout: bool,
@@ -237,6 +309,7 @@ impl Default for Publisher {
             tls_key_file: None,
             duplicate_window: Duration::from_secs(120),
             max_in_flight: 1024,
+            replicas: 1,
             confirm_stdout: false,
             exchange_kind: None,
             unroutable: Unroutable::Fail,
@@ -543,11 +616,12 @@ impl Config {
                 "listener.heartbeatInterval must be greater than zero, e.g. 10s",
             ));
         }
-        if self.database.host.is_empty() {
+        if self.database.host.trim().is_empty() {
             return Err(invalid(
                 "database.host is empty: give a host name, an IP address or a Unix socket directory",
             ));
         }
+        let servers = self.database.servers().map_err(invalid)?;
         if self.database.name.is_empty() || self.database.user.is_empty() {
             return Err(invalid("database.name and database.user must be set"));
         }
@@ -593,11 +667,19 @@ impl Config {
                 }
             }
         }
-        if self.database.ssl_mode == SslMode::VerifyFull && self.database.host.parse::<std::net::IpAddr>().is_ok() {
+        if self.database.ssl_mode == SslMode::VerifyFull
+            && let Some((host, _)) = servers
+                .iter()
+                .find(|(host, _)| host.parse::<std::net::IpAddr>().is_ok())
+        {
             return Err(invalid(format!(
-                "database.sslMode verify-full checks the host name, but database.host {} is an IP address: use the DNS name the certificate was issued for, or sslMode verify-ca",
-                self.database.host
+                "database.sslMode verify-full checks the host name, but database.host {host} is an IP address: use the DNS name the certificate was issued for, or sslMode verify-ca"
             )));
+        }
+        if !(1..=5).contains(&self.publisher.replicas) {
+            return Err(invalid(
+                "publisher.replicas must be between 1 and 5 (JetStream's limit; 3 in a 3-node cluster)",
+            ));
         }
         if self.database.ssl_cert.is_some() != self.database.ssl_key.is_some() {
             return Err(invalid(

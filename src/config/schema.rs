@@ -109,6 +109,8 @@ const SCHEMA: &[(&str, Kind)] = &[
             ("serverHost", Str),
             ("serverPort", Int),
             ("heartbeatInterval", Duration),
+            ("stallTimeout", Duration),
+            ("failoverSlot", Bool),
             ("filter", Section(FILTER)),
             ("topicsMap", StrMap),
             (
@@ -162,6 +164,7 @@ const SCHEMA: &[(&str, Kind)] = &[
             ("tlsKeyFile", Str),
             ("duplicateWindow", Duration),
             ("maxInFlight", Int),
+            ("replicas", Int),
             ("confirmStdout", Bool),
             // The Go version's TLS keys (used there for Kafka) mean the same for NATS here.
             ("enableTLS", Bool),

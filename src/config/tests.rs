@@ -464,6 +464,47 @@ fn print_config_gives_an_equivalent_v2_file_without_secrets() {
 }
 
 #[test]
+fn a_host_list_is_tried_in_order() {
+    let (c, _) = load("database:\n  host: primary:5433, standby ,[::1]:5434,/run/pg\n  port: 5432\n").expect("loads");
+    assert_eq!(
+        c.database.servers().expect("parses"),
+        vec![
+            ("primary".to_string(), 5433),
+            ("standby".to_string(), 5432),
+            ("::1".to_string(), 5434),
+            ("/run/pg".to_string(), 5432),
+        ]
+    );
+    assert!(c.database.is_list());
+    let (c, _) = load("database:\n  host: \"::1\"\n").expect("loads");
+    assert_eq!(c.database.servers().expect("parses"), vec![("::1".to_string(), 5432)]);
+    for bad in ["a:5432,,b", "a:x", "a:0"] {
+        let e = load(&format!("database:\n  host: \"{bad}\"\n"))
+            .expect_err(bad)
+            .to_string();
+        assert!(e.contains("database.host"), "{bad}: {e}");
+    }
+}
+
+#[test]
+fn failover_and_cluster_keys_have_defaults_and_limits() {
+    let (c, _) = load("").expect("loads");
+    assert_eq!(c.listener.stall_timeout, std::time::Duration::from_secs(300));
+    assert!(!c.listener.failover_slot);
+    assert_eq!(c.publisher.replicas, 1);
+    let (c, _) = load_env(
+        "listener:\n  stallTimeout: 30s\n  failoverSlot: true\n",
+        &[("WAL_PUBLISHER_REPLICAS", "3")],
+    )
+    .expect("loads");
+    assert_eq!(c.listener.stall_timeout, std::time::Duration::from_secs(30));
+    assert!(c.listener.failover_slot);
+    assert_eq!(c.publisher.replicas, 3);
+    let e = load("publisher:\n  replicas: 7\n").expect_err("7 replicas").to_string();
+    assert!(e.contains("publisher.replicas"), "{e}");
+}
+
+#[test]
 fn a_go_rabbitmq_config_loads_and_its_mistakes_name_the_key() {
     let go = "publisher:\n  type: rabbitmq\n  address: amqp://guest:guest@localhost:5672/\n  topic: wal_listener\n  ExchangeKind: topic\n";
     let (c, w) = load(go).expect("a Go v2.11 RabbitMQ config");

@@ -508,6 +508,25 @@ mod tests {
     }
 
     #[test]
+    fn an_election_is_transient() {
+        // What a JetStream cluster answers while it elects a stream leader or lacks quorum.
+        for refused in [
+            r#"{"error":{"code":503,"err_code":10008,"description":"JetStream system temporarily unavailable"}}"#,
+            r#"{"error":{"code":503,"err_code":10039,"description":"jetstream not enabled for account"}}"#,
+            r#"{"error":{"code":500,"err_code":10076,"description":"stream leader not ready"}}"#,
+        ] {
+            match outcome(&reply(refused, None)) {
+                Outcome::NotStored(e) => assert_eq!(e.disposition(), crate::error::Disposition::Transient, "{e}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        match outcome(&reply("", Some(StatusCode::TIMEOUT))) {
+            Outcome::NotStored(e) => assert_eq!(e.disposition(), crate::error::Disposition::Transient, "{e}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn no_responders_is_not_yet_a_verdict() {
         // JetStream stopping, starting or electing a leader answers the same as a subject no
         // stream captures: which one it was is asked of JetStream after reconnecting.

@@ -1,6 +1,7 @@
 //! The JetStream stream: named after `publisher.topic`, capturing `topic.>`.
 //!
-//! Created (file storage, the configured duplicate window) when missing. When it exists, it
+//! Created (file storage, the configured duplicate window, `publisher.replicas` replicas) when
+//! missing; an existing stream keeps its own replication factor. When it exists, it
 //! must capture every subject the default script can produce, or the service refuses to start
 //! with a message naming the subject — publishing into a stream that silently drops our
 //! subjects would lose data. A stream with `no_ack` set is refused too: without acks nothing
@@ -104,11 +105,12 @@ pub(super) async fn ensure(js: &jetstream::Context, config: &Config) -> Result<(
                 subjects: vec![wanted.clone()],
                 duplicate_window: config.publisher.duplicate_window,
                 storage: stream::StorageType::File,
+                num_replicas: config.publisher.replicas,
                 ..Default::default()
             })
             .await
             .map_err(|e| request_failed(&format!("creating stream {name}"), &e))?;
-            tracing::info!(stream = %name, subjects = %wanted, "created JetStream stream");
+            tracing::info!(stream = %name, subjects = %wanted, replicas = config.publisher.replicas, "created JetStream stream");
             if window_too_short(config.publisher.duplicate_window) {
                 tracing::warn!(
                     window = ?config.publisher.duplicate_window,

@@ -12,6 +12,8 @@ use super::sql::{classify, query_one};
 #[derive(Debug, Clone)]
 pub(crate) struct Server {
     pub version: String,
+    /// `server_version_num`, e.g. 170002.
+    pub version_num: i32,
     pub wal_level: String,
     /// Whether this connection uses TLS.
     pub tls: bool,
@@ -38,7 +40,8 @@ pub(crate) async fn server(client: &tokio_postgres::Client) -> Result<Server> {
                 pg_is_in_recovery(),
                 CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END,
                 coalesce((SELECT rolreplication FROM pg_roles WHERE rolname = current_user), false),
-                coalesce((SELECT rolsuper FROM pg_roles WHERE rolname = current_user), false)",
+                coalesce((SELECT rolsuper FROM pg_roles WHERE rolname = current_user), false),
+                current_setting('server_version_num')::int4",
         &[],
     )
     .await?;
@@ -50,6 +53,7 @@ pub(crate) async fn server(client: &tokio_postgres::Client) -> Result<Server> {
         wal_end: row.get::<_, Option<String>>(4).and_then(|t| t.parse().ok()),
         replication: row.get(5),
         superuser: row.get(6),
+        version_num: row.get(7),
     })
 }
 
@@ -64,8 +68,19 @@ pub(crate) struct Slot {
     pub confirmed_flush: Option<Lsn>,
     /// `reserved`, `extended`, `unreserved` or `lost`.
     pub wal_status: Option<String>,
-    /// WAL between the confirmed position and the server's WAL end (`None` in recovery).
+    /// WAL the slot holds: between its `restart_lsn` and the server's WAL end (`None` in
+    /// recovery, or when invalidated).
     pub retained_bytes: Option<i64>,
+    /// `safe_wal_size`: WAL that can still be written before the slot is invalidated by
+    /// `max_slot_wal_keep_size` (`None`: no limit).
+    pub safe_wal_size: Option<i64>,
+    /// PostgreSQL 17+: why the slot was invalidated (`wal_removed`, `rows_removed`,
+    /// `wal_level_insufficient`, PostgreSQL 18's `idle_timeout`).
+    pub invalidation_reason: Option<String>,
+    /// PostgreSQL 17+: the slot is synchronised to standbys (`None` before 17).
+    pub failover: Option<bool>,
+    /// PostgreSQL 17+: a copy kept by a standby's slot synchronisation.
+    pub synced: Option<bool>,
 }
 
 /// Why the service cannot stream from a slot.
@@ -75,8 +90,9 @@ pub(crate) enum SlotProblem {
     Plugin(Option<String>),
     /// A slot of another database.
     Database(Option<String>),
-    /// `wal_status = lost`: WAL it needed was removed; changes are missing.
-    Lost,
+    /// Invalidated (`wal_status = lost`, or an `invalidation_reason`): changes are missing;
+    /// the reason as PostgreSQL names it.
+    Invalidated(String),
 }
 
 impl Slot {
@@ -88,10 +104,16 @@ impl Slot {
         if self.database.as_deref() != Some(config.database.name.as_str()) {
             return Some(SlotProblem::Database(self.database.clone()));
         }
-        if self.wal_status.as_deref() == Some("lost") {
-            return Some(SlotProblem::Lost);
+        self.invalidated().map(SlotProblem::Invalidated)
+    }
+
+    /// Why the slot is invalidated, if it is.
+    pub fn invalidated(&self) -> Option<String> {
+        match (&self.invalidation_reason, self.wal_status.as_deref()) {
+            (Some(reason), _) => Some(reason.clone()),
+            (None, Some("lost")) => Some("wal_removed".into()),
+            _ => None,
         }
-        None
     }
 }
 
@@ -108,16 +130,41 @@ impl SlotProblem {
                 database.as_deref().unwrap_or("none"),
                 config.database.name
             ),
-            SlotProblem::Lost => format!(
-                "slot {slot} has lost required WAL (wal_status=lost; max_slot_wal_keep_size was exceeded): changes are missing; drop and recreate it (SELECT pg_drop_replication_slot('{slot}')), then resynchronise consumers"
-            ),
+            SlotProblem::Invalidated(reason) => {
+                let (why, prevent) = match reason.as_str() {
+                    "wal_removed" => (
+                        "WAL it still needed was removed (max_slot_wal_keep_size was exceeded)",
+                        "raise max_slot_wal_keep_size, and alert on wal_listener_slot_retained_wal_bytes and wal_listener_slot_safe_wal_size_bytes",
+                    ),
+                    "idle_timeout" => (
+                        "it was inactive for longer than idle_replication_slot_timeout",
+                        "raise or disable idle_replication_slot_timeout, and keep wal-listener running (or a standby instance)",
+                    ),
+                    "rows_removed" => (
+                        "catalog rows it needed were removed (on a standby: hot_standby_feedback is off or the standby has no primary_slot_name)",
+                        "set hot_standby_feedback = on and primary_slot_name on the standby",
+                    ),
+                    "wal_level_insufficient" => (
+                        "wal_level was lowered below logical on the primary",
+                        "keep wal_level = logical",
+                    ),
+                    _ => ("PostgreSQL invalidated it", "see the PostgreSQL log"),
+                };
+                format!(
+                    "slot {slot} is invalidated (invalidation_reason {reason}): {why}. Changes since its last confirmed position are lost, and wal-listener never recreates a slot by itself. Options: drop it (SELECT pg_drop_replication_slot('{slot}')) and restart wal-listener, which creates a new slot at the current position, then resynchronise consumers for the gap (e.g. from a snapshot); or point listener.slotName at a new slot. To prevent it: {prevent}"
+                )
+            }
         }
     }
 }
 
+/// Columns that only newer servers have are read through `to_jsonb(s)` so that one query
+/// works on PostgreSQL 15 to 18.
 const SLOT: &str = "SELECT plugin, database, active, active_pid, confirmed_flush_lsn::text, wal_status::text,
-        CASE WHEN pg_is_in_recovery() THEN NULL ELSE (pg_current_wal_lsn() - restart_lsn)::int8 END
-     FROM pg_replication_slots WHERE slot_name = $1";
+        CASE WHEN pg_is_in_recovery() THEN NULL ELSE (pg_current_wal_lsn() - restart_lsn)::int8 END,
+        safe_wal_size, to_jsonb(s) ->> 'invalidation_reason',
+        (to_jsonb(s) ->> 'failover')::bool, (to_jsonb(s) ->> 'synced')::bool
+     FROM pg_replication_slots s WHERE slot_name = $1";
 
 /// The slot named `name`, if it exists.
 pub(crate) async fn slot(client: &tokio_postgres::Client, name: &str) -> Result<Option<Slot>> {
@@ -130,7 +177,53 @@ pub(crate) async fn slot(client: &tokio_postgres::Client, name: &str) -> Result<
         confirmed_flush: row.get::<_, Option<String>>(4).and_then(|t| t.parse().ok()),
         wal_status: row.get(5),
         retained_bytes: row.get(6),
+        safe_wal_size: row.get(7),
+        invalidation_reason: row.get(8),
+        failover: row.get(9),
+        synced: row.get(10),
     }))
+}
+
+/// What a PostgreSQL failover with a failover slot needs, as this server's settings say
+/// (`None` where the server does not have the setting: before 17).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct FailoverSettings {
+    /// On the primary: physical slots of standbys that logical replication waits for.
+    pub synchronized_standby_slots: Option<String>,
+    /// On a standby: the slot synchronisation worker.
+    pub sync_replication_slots: Option<String>,
+    pub hot_standby_feedback: Option<String>,
+    pub primary_slot_name: Option<String>,
+    pub primary_conninfo: Option<String>,
+}
+
+pub(crate) async fn failover_settings(client: &tokio_postgres::Client) -> Result<FailoverSettings> {
+    let row = query_one(
+        client,
+        "SELECT current_setting('synchronized_standby_slots', true), current_setting('sync_replication_slots', true),
+                current_setting('hot_standby_feedback', true), current_setting('primary_slot_name', true),
+                current_setting('primary_conninfo', true)",
+        &[],
+    )
+    .await?;
+    Ok(FailoverSettings {
+        synchronized_standby_slots: row.get(0),
+        sync_replication_slots: row.get(1),
+        hot_standby_feedback: row.get(2),
+        primary_slot_name: row.get(3),
+        primary_conninfo: row.get(4),
+    })
+}
+
+/// The server's current WAL end (`None` in recovery).
+pub(crate) async fn wal_end(client: &tokio_postgres::Client) -> Result<Option<Lsn>> {
+    let row = query_one(
+        client,
+        "SELECT CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END",
+        &[],
+    )
+    .await?;
+    Ok(row.get::<_, Option<String>>(0).and_then(|t| t.parse().ok()))
 }
 
 /// The publication named by `listener.publication`.

@@ -20,6 +20,7 @@ mod catalog;
 pub(crate) mod inspect;
 mod pgwire;
 pub mod setup;
+pub(crate) mod slot_watch;
 pub(crate) mod sql;
 pub mod tls;
 

@@ -23,7 +23,9 @@ pub struct PgwireReplication {
 impl PgwireReplication {
     /// Connect, authenticate and `START_REPLICATION` from `start` (the slot's confirmed LSN).
     /// Returns once the server accepted the start, so the slot is held by this session.
-    pub async fn start(config: &Config, start: Lsn) -> Result<Self> {
+    /// `make_failover`: first switch the slot to a failover slot on the same session
+    /// (`ALTER_REPLICATION_SLOT`, a replication command).
+    pub async fn start(config: &Config, start: Lsn, make_failover: bool) -> Result<Self> {
         let db = &config.database;
         let password = db.password.as_ref().map(config::Secret::expose).unwrap_or_default();
         // The crate interpolates the name unquoted: quote it, so any name works.
@@ -51,7 +53,26 @@ impl PgwireReplication {
         if !cfg.is_unix_socket() {
             cfg = cfg.with_tls(tls_config(config)?);
         }
-        let mut client = ReplicationClient::connect(cfg).await.map_err(classify)?;
+        let mut client = if make_failover {
+            let mut client = ReplicationClient::connect_gated(cfg).await.map_err(classify)?;
+            let slot = &config.listener.slot_name;
+            client
+                .simple_query(&format!("ALTER_REPLICATION_SLOT {slot} ( FAILOVER true )"))
+                .await
+                .map_err(|e| {
+                    Error::new(
+                        Kind::PgSetup,
+                        format!(
+                            "listener.failoverSlot: switching slot {slot} to a failover slot failed: {e} (run ALTER_REPLICATION_SLOT {slot} ( FAILOVER true ) on a replication connection yourself, or set listener.failoverSlot: false)"
+                        ),
+                    )
+                })?;
+            tracing::info!(slot = %slot, "switched the replication slot to a failover slot");
+            client.start().await.map_err(classify)?;
+            client
+        } else {
+            ReplicationClient::connect(cfg).await.map_err(classify)?
+        };
         match tokio::time::timeout(Duration::from_secs(60), client.wait_started()).await {
             Ok(Ok(())) => Ok(PgwireReplication { client }),
             Ok(Err(e)) => Err(classify(e)),

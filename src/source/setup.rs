@@ -3,7 +3,7 @@
 //! read where the slot stands.
 
 use crate::config::Config;
-use crate::error::{Error, Kind, Result};
+use crate::error::{Disposition, Error, Kind, Result};
 use crate::lsn::Lsn;
 
 use super::inspect::{self, SlotProblem};
@@ -18,37 +18,35 @@ pub struct SlotState {
     pub active: bool,
     /// The server's current WAL end.
     pub server_wal_end: Option<Lsn>,
+    /// `listener.failoverSlot` is on and the slot is not a failover slot yet: the replication
+    /// session switches it (`ALTER_REPLICATION_SLOT … (FAILOVER true)`) before streaming.
+    pub make_failover: bool,
 }
+
+/// A session's PostgreSQL side, ready to stream: the slot, and the config pinned to the one
+/// server chosen from `database.host` (the primary).
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub slot: SlotState,
+    pub config: Config,
+}
+
+/// The first PostgreSQL version with failover slots.
+const FAILOVER_SLOTS: i32 = 170_000;
 
 /// Check the server, create what is missing, and return the slot's state. `slot_seen`: this
 /// process has set up before, so a missing slot or publication was dropped by someone — the
 /// changes the slot held are gone, and a publication recreated FOR ALL TABLES might publish
 /// more than the dropped one did; neither may pass silently.
-pub async fn prepare(config: &Config, slot_seen: bool) -> Result<SlotState> {
-    let client = sql::connect(config).await?;
-    let server = inspect::server(&client).await?;
-    // Logged once per process: standbys and retries call this every few seconds.
-    static LOGGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    if !LOGGED.swap(true, std::sync::atomic::Ordering::Relaxed) {
-        tracing::info!(version = %server.version, host = %config.database.host, tls = server.tls, "connected to PostgreSQL");
-    }
-    if !server.logical() {
+pub async fn prepare(config: &Config, slot_seen: bool) -> Result<Prepared> {
+    let (client, server, pinned) = primary(config).await?;
+    if config.listener.failover_slot && server.version_num < FAILOVER_SLOTS {
         return Err(Error::new(
             Kind::PgSetup,
             format!(
-                "PostgreSQL has wal_level={}; logical decoding needs wal_level=logical (set it in postgresql.conf or with ALTER SYSTEM SET wal_level = logical, then restart PostgreSQL)",
-                server.wal_level
-            ),
-        ));
-    }
-    if server.in_recovery {
-        // A standby, or a failover not yet promoted. Logical slots live on the primary; wait
-        // for this server to become one.
-        return Err(Error::new(
-            Kind::PgInRecovery,
-            format!(
-                "PostgreSQL at {} is in recovery (a standby, or a failover not yet promoted): logical replication needs the primary; retrying until it is promoted (if this is a replica, point database.host at the primary)",
-                config.database.host
+                "listener.failoverSlot is on, but PostgreSQL {} at {} has no failover slots (they came with PostgreSQL 17): set listener.failoverSlot: false, or upgrade PostgreSQL",
+                server.version,
+                pinned.database.address()
             ),
         ));
     }
@@ -61,15 +59,15 @@ pub async fn prepare(config: &Config, slot_seen: bool) -> Result<SlotState> {
             return Err(Error::new(
                 Kind::SlotLost,
                 format!(
-                    "replication slot {name:?} disappeared while wal-listener was running (dropped by someone?): the changes it held since the last confirmed position are lost; restart wal-listener to create a new slot from the current position, and re-sync consumers for the gap"
+                    "replication slot {name:?} disappeared while wal-listener was running (dropped by someone, or a failover to a server without a synchronised copy — see listener.failoverSlot): the changes it held since the last confirmed position are lost; restart wal-listener to create a new slot from the current position, and re-sync consumers for the gap"
                 ),
             ));
         }
-        None => create_slot(&client, name).await?,
+        None => create_slot(&client, name, config.listener.failover_slot).await?,
     };
     if let Some(problem) = slot.problem(config) {
         let kind = match problem {
-            SlotProblem::Lost => Kind::SlotLost,
+            SlotProblem::Invalidated(_) => Kind::SlotInvalidated,
             _ => Kind::PgSetup,
         };
         return Err(Error::new(
@@ -77,11 +75,84 @@ pub async fn prepare(config: &Config, slot_seen: bool) -> Result<SlotState> {
             format!("replication {}", problem.describe(name, config)),
         ));
     }
-    Ok(SlotState {
-        confirmed_flush: slot.confirmed_flush.unwrap_or(Lsn::ZERO),
-        active: slot.active,
-        server_wal_end: server.wal_end,
+    Ok(Prepared {
+        slot: SlotState {
+            confirmed_flush: slot.confirmed_flush.unwrap_or(Lsn::ZERO),
+            active: slot.active,
+            server_wal_end: server.wal_end,
+            make_failover: config.listener.failover_slot && slot.failover == Some(false),
+        },
+        config: pinned,
     })
+}
+
+/// Connect to the primary: the configured server, or the first of `database.host`'s list
+/// that answers and is not in recovery. Returns the config pinned to it.
+async fn primary(config: &Config) -> Result<(tokio_postgres::Client, inspect::Server, Config)> {
+    let servers = config.database.servers().map_err(|e| Error::new(Kind::PgSetup, e))?;
+    let mut last = None;
+    for (host, port) in servers {
+        let mut pinned = config.clone();
+        pinned.database.host = host;
+        pinned.database.port = port;
+        let found = async {
+            let client = sql::connect(&pinned).await?;
+            let server = inspect::server(&client).await?;
+            Ok::<_, Error>((client, server))
+        }
+        .await;
+        let (client, server) = match found {
+            Ok(found) => found,
+            // The next server in the list may answer.
+            Err(e) if config.database.is_list() && e.disposition() == Disposition::Transient => {
+                tracing::debug!(server = %pinned.database.address(), error = %e, "PostgreSQL server not usable; trying the next");
+                last = Some(e);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        if !server.logical() {
+            return Err(Error::new(
+                Kind::PgSetup,
+                format!(
+                    "PostgreSQL at {} has wal_level={}; logical decoding needs wal_level=logical (set it in postgresql.conf or with ALTER SYSTEM SET wal_level = logical, then restart PostgreSQL)",
+                    pinned.database.address(),
+                    server.wal_level
+                ),
+            ));
+        }
+        if server.in_recovery {
+            // A standby, or a failover not yet promoted. Logical slots are streamed from the
+            // primary; wait for this server to become one, or try the next.
+            last = Some(Error::new(
+                Kind::PgInRecovery,
+                format!(
+                    "PostgreSQL at {} is in recovery (a standby, or a failover not yet promoted): logical replication needs the primary; retrying until one of database.host is promoted (if this is a replica, point database.host at the primary)",
+                    pinned.database.address()
+                ),
+            ));
+            continue;
+        }
+        log_primary(&pinned, &server);
+        return Ok((client, server, pinned));
+    }
+    Err(last.unwrap_or_else(|| Error::new(Kind::PgSetup, "database.host names no server")))
+}
+
+/// One line when the server streamed from changes (at start, and after a failover); standbys
+/// and retries call [`prepare`] every few seconds.
+fn log_primary(pinned: &Config, server: &inspect::Server) {
+    static LAST: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
+    let address = pinned.database.address();
+    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    if *last != address {
+        if last.is_empty() {
+            tracing::info!(version = %server.version, server = %address, tls = server.tls, "connected to PostgreSQL");
+        } else {
+            tracing::warn!(version = %server.version, server = %address, previous = %*last, "PostgreSQL primary changed (failover)");
+        }
+        *last = address;
+    }
 }
 
 /// The publication exists afterwards, or the error says why not.
@@ -119,16 +190,17 @@ async fn ensure_publication(config: &Config, client: &tokio_postgres::Client, sl
     }
 }
 
-/// Create the pgoutput slot `name` (or find the one another instance just created).
-async fn create_slot(client: &tokio_postgres::Client, name: &str) -> Result<inspect::Slot> {
-    let created = client
-        .query_one(
-            "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')",
-            &[&name],
-        )
-        .await;
+/// Create the pgoutput slot `name` (or find the one another instance just created); with
+/// `failover`, as a failover slot (PostgreSQL 17+, checked before).
+async fn create_slot(client: &tokio_postgres::Client, name: &str, failover: bool) -> Result<inspect::Slot> {
+    let sql = if failover {
+        "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput', false, false, true)"
+    } else {
+        "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')"
+    };
+    let created = client.query_one(sql, &[&name]).await;
     match created {
-        Ok(_) => tracing::info!(slot = %name, "created logical replication slot (pgoutput)"),
+        Ok(_) => tracing::info!(slot = %name, failover, "created logical replication slot (pgoutput)"),
         Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_OBJECT) => {}
         Err(e) => {
             return Err(Error::new(

@@ -11,13 +11,17 @@ use crate::error::{Error, Kind, Result};
 
 use super::tls;
 
-/// Connect with tokio-postgres (the connection ends when the client drops).
+/// Connect with tokio-postgres (the connection ends when the client drops). With a list in
+/// `database.host`, the first server that answers ([`super::setup::prepare`] picks the
+/// primary among them itself).
 pub async fn connect(config: &Config) -> Result<tokio_postgres::Client> {
     let db = &config.database;
     let mut pg = tokio_postgres::Config::new();
-    pg.host(&db.host)
-        .port(db.port)
-        .user(&db.user)
+    let servers = db.servers().map_err(|e| Error::new(Kind::PgRefused, e))?;
+    for (host, port) in servers {
+        pg.host(&host).port(port);
+    }
+    pg.user(&db.user)
         .dbname(&db.name)
         .application_name("wal-listener")
         .connect_timeout(std::time::Duration::from_secs(10));
@@ -103,8 +107,9 @@ async fn no_password(config: &Config) -> Error {
     Error::new(
         Kind::PgRefused,
         format!(
-            "PostgreSQL at {}:{} asks for a password{method} for user {:?}, and none is configured: set database.password, database.passwordFile or WAL_DATABASE_PASSWORD (or allow the user without one in pg_hba.conf)",
-            db.host, db.port, db.user
+            "PostgreSQL at {} asks for a password{method} for user {:?}, and none is configured: set database.password, database.passwordFile or WAL_DATABASE_PASSWORD (or allow the user without one in pg_hba.conf)",
+            db.address(),
+            db.user
         ),
     )
 }
@@ -124,8 +129,9 @@ fn classify_connect(config: &Config, e: tokio_postgres::Error) -> Error {
         return Error::caused_by(
             Kind::PgRefused,
             format!(
-                "PostgreSQL at {}:{} wants an authentication method wal-listener cannot use for user {:?}: {text} (allow password, md5 or scram-sha-256 for this user in pg_hba.conf)",
-                db.host, db.port, db.user
+                "PostgreSQL at {} wants an authentication method wal-listener cannot use for user {:?}: {text} (allow password, md5 or scram-sha-256 for this user in pg_hba.conf)",
+                db.address(),
+                db.user
             ),
             e,
         );
@@ -143,7 +149,7 @@ fn classify_connect(config: &Config, e: tokio_postgres::Error) -> Error {
         let what = if text.contains("lookup address") || text.contains("Name or service not known") {
             format!("cannot resolve database.host {:?}", db.host)
         } else {
-            format!("cannot connect to PostgreSQL at {}:{}", db.host, db.port)
+            format!("cannot connect to PostgreSQL at {}", db.address())
         };
         return Error::caused_by(
             Kind::PgUnavailable,

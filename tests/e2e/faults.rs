@@ -16,27 +16,35 @@ const DEADLINE: Duration = Duration::from_secs(90);
 /// Inserts single-row transactions into `load(id)` until stopped, reconnecting when PostgreSQL
 /// goes away. What committed is read back from the table afterwards (a commit whose answer was
 /// lost in a restart may or may not have happened).
-struct Load {
+pub(crate) struct Load {
     stop: Arc<AtomicBool>,
     attempts: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Load {
-    fn create_table(pg: &PgCluster) {
+    pub(crate) fn create_table(pg: &PgCluster) {
         pg.psql("CREATE TABLE load (id int8 PRIMARY KEY, at timestamptz DEFAULT now())");
     }
 
     /// Start inserting; call once the service streams, so every row is after the slot's start.
-    fn start(pg: &PgCluster) -> Load {
-        let conn = pg.conn_string("postgres");
+    pub(crate) fn start(pg: &PgCluster) -> Load {
+        Load::start_on(vec![pg.conn_string("postgres")])
+    }
+
+    /// [`Load::start`] against the first of `conns` that takes writes: after a failure the
+    /// next one is tried (a failover's new primary).
+    pub(crate) fn start_on(conns: Vec<String>) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let attempts = Arc::new(AtomicU64::new(0));
         let (stop2, attempts2) = (stop.clone(), attempts.clone());
         let task = tokio::spawn(async move {
             let mut next: i64 = 1;
+            let mut turn = 0usize;
             while !stop2.load(Ordering::Relaxed) {
-                let Ok((client, connection)) = tokio_postgres::connect(&conn, tokio_postgres::NoTls).await else {
+                let conn = &conns[turn % conns.len()];
+                turn += 1;
+                let Ok((client, connection)) = tokio_postgres::connect(conn, tokio_postgres::NoTls).await else {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 };
@@ -58,7 +66,7 @@ impl Load {
         Load { stop, attempts, task }
     }
 
-    async fn finish(self) {
+    pub(crate) async fn finish(self) {
         self.stop.store(true, Ordering::Relaxed);
         let _ = self.task.await;
         assert!(
@@ -123,7 +131,7 @@ fn jitter(max_ms: u64) -> Duration {
     Duration::from_millis(u64::from(nanos) % max_ms)
 }
 
-async fn wait_for_growth(nats: &NatsServer, topic: &str, at_least: u64) {
+pub(crate) async fn wait_for_growth(nats: &NatsServer, topic: &str, at_least: u64) {
     wait_until("the stream to grow", DEADLINE, || async move {
         nats.stream_len(topic).await.unwrap_or(0) >= at_least
     })

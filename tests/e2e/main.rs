@@ -8,6 +8,7 @@ mod cli;
 mod expect;
 mod faults;
 mod go_configs;
+mod ha;
 mod identifiers;
 mod messages;
 mod operator;

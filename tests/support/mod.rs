@@ -16,7 +16,7 @@ pub mod rabbit;
 pub mod service;
 pub mod wait;
 
-pub use nats::{NatsServer, StoredMessage};
+pub use nats::{NatsCluster, NatsServer, StoredMessage};
 pub use pg::PgCluster;
 pub use rabbit::{RabbitMessage, RabbitServer};
 pub use wait::{wait_for, wait_for_sync, wait_until, wait_until_sync};

@@ -107,6 +107,11 @@ impl NatsServer {
         NatsServer::start_inner(&[], false)
     }
 
+    /// The server's `server_name`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     fn start_inner(extra_args: &[&str], jetstream: bool) -> NatsServer {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let bin = nats_server_bin();
@@ -462,4 +467,96 @@ fn nats_server_bin() -> PathBuf {
         return PathBuf::from(bin);
     }
     find_in_path("nats-server").unwrap_or_else(|| panic!("nats-server not found: set NATS_SERVER or put it on PATH"))
+}
+
+/// A JetStream cluster of three `nats-server -js --cluster …` processes on loopback, each
+/// with its own client port, cluster port, store and server name; routes to each other.
+pub struct NatsCluster {
+    pub nodes: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    /// Start three nodes and wait until JetStream has a meta leader.
+    pub fn start() -> NatsCluster {
+        static CLUSTERS: AtomicU64 = AtomicU64::new(0);
+        let cluster_name = format!(
+            "walh-c{}-{}",
+            std::process::id(),
+            CLUSTERS.fetch_add(1, Ordering::Relaxed)
+        );
+        let cluster_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let routes = cluster_ports
+            .iter()
+            .map(|p| format!("nats-route://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let nodes = cluster_ports
+            .iter()
+            .map(|port| {
+                NatsServer::start_with(&[
+                    "--cluster",
+                    &format!("nats://127.0.0.1:{port}"),
+                    "--cluster_name",
+                    &cluster_name,
+                    "--routes",
+                    &routes,
+                ])
+            })
+            .collect();
+        NatsCluster { nodes }
+    }
+
+    /// Every node's URL, comma-separated (what `publisher.address` takes).
+    pub fn urls(&self) -> String {
+        self.nodes.iter().map(NatsServer::url).collect::<Vec<_>>().join(",")
+    }
+
+    /// A running node.
+    pub fn any(&self) -> &NatsServer {
+        self.nodes.iter().find(|n| n.is_running()).expect("a running node")
+    }
+
+    /// Wait until JetStream answers API requests (a meta leader is elected).
+    pub async fn wait_ready(&self, deadline: Duration) {
+        let start = Instant::now();
+        let mut last = String::new();
+        while start.elapsed() < deadline {
+            // The raw API request: async-nats' typed account info does not parse 2.9's answer.
+            match async_nats::connect(self.any().url()).await {
+                Ok(client) => match client.request("$JS.API.INFO", bytes::Bytes::new()).await {
+                    Ok(reply) => {
+                        let text = String::from_utf8_lossy(&reply.payload).into_owned();
+                        if text.contains("account_info_response") && !text.contains("\"error\"") {
+                            return;
+                        }
+                        last = text;
+                    }
+                    Err(e) => last = e.to_string(),
+                },
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(super::wait::POLL_INTERVAL).await;
+        }
+        let logs: Vec<String> = self.nodes.iter().map(NatsServer::log).collect();
+        panic!(
+            "no JetStream meta leader after {deadline:?} ({last}); logs:\n{}",
+            logs.join("\n---\n")
+        );
+    }
+
+    /// The index of the node leading `stream`, once it has a leader with all replicas current.
+    pub async fn stream_leader(&self, stream: &str, deadline: Duration) -> usize {
+        super::wait_for(&format!("a leader for stream {stream}"), deadline, || async {
+            let client = async_nats::connect(self.any().url()).await.ok()?;
+            let mut s = jetstream::new(client).get_stream(stream).await.ok()?;
+            let info = s.info().await.ok()?;
+            let cluster = info.cluster.clone()?;
+            let leader = cluster.leader?;
+            if cluster.replicas.len() + 1 < info.config.num_replicas || cluster.replicas.iter().any(|r| !r.current) {
+                return None;
+            }
+            self.nodes.iter().position(|n| n.name() == leader)
+        })
+        .await
+    }
 }

@@ -111,6 +111,50 @@ impl PgCluster {
         pg
     }
 
+    /// A standby of `primary` set up for PostgreSQL 17+ failover slots: `pg_basebackup -R -C -S
+    /// <physical_slot>` with a `dbname` in `primary_conninfo`, `sync_replication_slots`,
+    /// `hot_standby_feedback`; and the primary's `synchronized_standby_slots` set to the
+    /// physical slot, so logical decoding never gets ahead of this standby.
+    pub fn failover_standby_of(primary: &PgCluster, physical_slot: &str) -> PgCluster {
+        let mut pg = PgCluster::unstarted();
+        let data = path_str(&pg.data_dir()).to_owned();
+        let conninfo = format!("host=127.0.0.1 port={} user=postgres dbname=postgres", primary.port);
+        pg.run_ok(
+            "pg_basebackup",
+            &[
+                "-d",
+                &conninfo,
+                "-D",
+                &data,
+                "-R",
+                "-C",
+                "-S",
+                physical_slot,
+                "-X",
+                "stream",
+                "--no-sync",
+            ],
+        );
+        let socket_dir = path_str(pg.socket_dir()).to_owned();
+        pg.append_conf(&format!(
+            "\n# --- failover standby ---\nunix_socket_directories = '{socket_dir}'\nhot_standby = on\nhot_standby_feedback = on\nsync_replication_slots = on\n"
+        ));
+        pg.start_on_a_free_port();
+        primary.psql(&format!(
+            "ALTER SYSTEM SET synchronized_standby_slots = '{physical_slot}'"
+        ));
+        primary.psql("SELECT pg_reload_conf()");
+        pg
+    }
+
+    /// `server_version_num` (e.g. 180006).
+    pub fn version_num(&self) -> u32 {
+        let text = self.psql("SHOW server_version_num");
+        text.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("server_version_num {text:?}"))
+    }
+
     /// End recovery (`pg_ctl promote -w`): the standby becomes a primary.
     pub fn promote(&self) {
         let data = path_str(&self.data_dir()).to_owned();

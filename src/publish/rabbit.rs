@@ -275,6 +275,15 @@ fn tls_config(config: &Config) -> Result<lapin::tcp::OwnedTLSConfig> {
 /// A failed connection attempt, by what an operator must do about it.
 fn connect_error(shown: &str, vhost: &str, e: &lapin::Error) -> Error {
     use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
+    if is_tls_failure(e) {
+        // A certificate that does not verify stays so: an operator must act.
+        return Error::new(
+            Kind::BrokerConfig,
+            format!(
+                "TLS to RabbitMQ failed at {shown}: {e} (check publisher.tlsCaFile — the CA that signed the server's certificate — and that the certificate names the host in publisher.address)"
+            ),
+        );
+    }
     if let lapin::ErrorKind::ProtocolError(amqp) = e.kind() {
         let text = amqp.get_message().as_str();
         match amqp.kind() {
@@ -303,6 +312,27 @@ fn connect_error(shown: &str, vhost: &str, e: &lapin::Error) -> Error {
             "cannot connect to RabbitMQ at {shown}: {e} (is rabbitmq-server running there? check publisher.address); retrying"
         ),
     )
+}
+
+/// Whether a connection failed in the TLS handshake (rustls refused the server).
+fn is_tls_failure(e: &lapin::Error) -> bool {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = next {
+        if err.downcast_ref::<rustls::Error>().is_some() {
+            return true;
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && io
+                .get_ref()
+                .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
+        {
+            return true;
+        }
+        next = err.source();
+    }
+    // Some layers keep only the text.
+    let text = e.to_string();
+    text.contains("invalid peer certificate") || text.contains("InvalidCertificate")
 }
 
 /// A new channel on `connection`.

@@ -8,6 +8,7 @@ use std::time::Duration;
 use lapin::ExchangeKind;
 
 use crate::support::blocking;
+use crate::support::certs::TestCa;
 use crate::support::service::{Service, Setup, check_connect, confirmed_flush, parse_lsn, wait_streaming};
 use crate::support::{PgCluster, RabbitMessage, RabbitServer, wait_until, wait_until_sync};
 
@@ -378,4 +379,43 @@ async fn rabbit_misconfigurations_fail_with_the_key_to_change() {
     let (code, out) = blocking(|| check_connect(&yaml, &[]));
     assert_ne!(code, 0, "{out}");
     assert!(out.contains("publisher.exchangeKind is required"), "{out}");
+}
+
+/// `amqps://` with `publisher.tlsCaFile`: the service verifies the broker against that CA and
+/// publishes over TLS; with a CA that did not sign the broker's certificate it stops with a
+/// message naming the key, instead of retrying a handshake that cannot succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbit_over_tls_verifies_the_broker_with_tls_ca_file() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = TestCa::new("wal-test-ca");
+    let ca_file = ca.write(dir.path(), "ca.crt");
+    let (cert, key) = ca.server().write(dir.path(), "server");
+    let (pg, (rabbit, tls_port)) =
+        blocking(|| (PgCluster::start(), RabbitServer::start_with_tls(&cert, &key, &ca_file)));
+    pg.psql("CREATE TABLE t (id int4 PRIMARY KEY)");
+    let setup = Setup::new("rmq_tls");
+    rabbit
+        .bind_queue(
+            &setup.topic,
+            ExchangeKind::Topic,
+            "q_tls",
+            &format!("{}.#", setup.topic),
+        )
+        .await;
+    let address = format!("amqps://guest:guest@localhost:{tls_port}/%2f");
+    let publisher = |ca: &std::path::Path| format!("  exchangeKind: topic\n  tlsCaFile: {}\n", ca.display());
+    let mut service = Service::start(&setup.rabbit_yaml_at(&pg, &address, &publisher(&ca_file)));
+    blocking(|| wait_streaming(&pg, &setup.slot, &mut service));
+    pg.psql("INSERT INTO t VALUES (1)");
+    let messages = rabbit.take("q_tls", 1, DEADLINE).await;
+    assert_eq!(row_id(&messages[0]), 1);
+    assert!(blocking(|| service.terminate()).success(), "{}", service.log());
+
+    let other = TestCa::new("another-ca").write(dir.path(), "other.crt");
+    let mut refused = Service::start(&setup.rabbit_yaml_at(&pg, &address, &publisher(&other)));
+    let last = blocking(|| refused.fatal_line(DEADLINE));
+    assert!(
+        last.contains("TLS to RabbitMQ failed") && last.contains("publisher.tlsCaFile"),
+        "{last}"
+    );
 }

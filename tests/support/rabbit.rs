@@ -70,6 +70,24 @@ impl RabbitMessage {
 impl RabbitServer {
     /// Start a node and wait until it accepts clients. Panics with its log on failure.
     pub fn start() -> RabbitServer {
+        RabbitServer::start_with_conf("")
+    }
+
+    /// A node that also listens for `amqps://` on [`RabbitServer::tls_port`], with the given
+    /// PEM files (server certificate and key, CA), no client certificate required.
+    pub fn start_with_tls(cert: &Path, key: &Path, ca: &Path) -> (RabbitServer, u16) {
+        let tls_port = free_port();
+        let conf = format!(
+            "listeners.ssl.default = {tls_port}\nssl_options.cacertfile = {}\nssl_options.certfile = {}\nssl_options.keyfile = {}\nssl_options.verify = verify_none\nssl_options.fail_if_no_peer_cert = false\n",
+            ca.display(),
+            cert.display(),
+            key.display()
+        );
+        (RabbitServer::start_with_conf(&conf), tls_port)
+    }
+
+    /// [`RabbitServer::start`] with extra `rabbitmq.conf` lines.
+    fn start_with_conf(extra: &str) -> RabbitServer {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let bin = rabbitmq_server_bin();
         let ctl = bin.with_file_name("rabbitmqctl");
@@ -82,7 +100,11 @@ impl RabbitServer {
         }
         std::fs::write(dir.path().join("enabled_plugins"), "[].\n").expect("write enabled_plugins");
         std::fs::write(dir.path().join("env.conf"), "").expect("write env.conf");
-        std::fs::write(dir.path().join("rabbitmq.conf"), "loopback_users = none\n").expect("write rabbitmq.conf");
+        std::fs::write(
+            dir.path().join("rabbitmq.conf"),
+            format!("loopback_users = none\n{extra}"),
+        )
+        .expect("write rabbitmq.conf");
         let node = format!(
             "walh-{}-{}@localhost",
             std::process::id(),

@@ -241,18 +241,11 @@ async fn drain(
     );
     let started = Instant::now();
     let mut service = Service::start(&yaml);
-    loop {
-        let stored = nats.stream_len(&setup.topic).await.unwrap_or(0);
-        if stored >= count {
-            break;
-        }
-        assert!(service.is_running(), "wal-listener stopped; log:\n{}", service.log());
-        assert!(
-            started.elapsed() < Duration::from_secs(600),
-            "only {stored}/{count} after 10 minutes"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let topic = setup.topic.as_str();
+    wait_stored(&mut service, started, count, || async move {
+        nats.stream_len(topic).await.unwrap_or(0)
+    })
+    .await;
     let took = started.elapsed();
     let peak = peak_rss_kib(service.pid());
     let cpu = cpu_seconds(service.pid());
@@ -312,32 +305,45 @@ async fn drain_rabbit(pg: &PgCluster, rabbit: &RabbitServer, setup: &Setup, wind
         .replace("level: debug", "level: warn");
     let started = Instant::now();
     let mut service = Service::start(&yaml);
-    loop {
+    let (ch, queue_name) = (&ch, queue.as_str());
+    wait_stored(&mut service, started, count, || async move {
         let passive = QueueDeclareOptions {
             passive: true,
             ..Default::default()
         };
-        let stored = ch
-            .queue_declare(queue.as_str().into(), passive, lapin::types::FieldTable::default())
+        ch.queue_declare(queue_name.into(), passive, lapin::types::FieldTable::default())
             .await
             .map(|q| u64::from(q.message_count()))
-            .unwrap_or(0);
-        if stored >= count {
-            break;
-        }
-        assert!(service.is_running(), "wal-listener stopped; log:\n{}", service.log());
-        assert!(
-            started.elapsed() < Duration::from_secs(600),
-            "only {stored}/{count} after 10 minutes"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+            .unwrap_or(0)
+    })
+    .await;
     let took = started.elapsed();
     tokio::task::block_in_place(|| service.terminate());
     let _ = ch
         .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
         .await;
     took
+}
+
+/// Poll `stored` until it reports `count` messages; the service must keep running, and it
+/// gets ten minutes.
+async fn wait_stored<F, Fut>(service: &mut Service, started: Instant, count: u64, mut stored: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = u64>,
+{
+    loop {
+        let now = stored().await;
+        if now >= count {
+            return;
+        }
+        assert!(service.is_running(), "wal-listener stopped; log:\n{}", service.log());
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "only {now}/{count} after 10 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 fn clone_setup(s: &Setup) -> Setup {

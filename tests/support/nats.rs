@@ -437,29 +437,59 @@ async fn stream_len(js: &jetstream::Context, stream: &str) -> Option<u64> {
     s.info().await.ok().map(|info| info.state.messages)
 }
 
+/// Reads every message of `stream`. In a cluster that just regained quorum a replica may
+/// answer "JetStream system temporarily unavailable" (503) for a while: such answers are
+/// retried until a deadline; any other error panics at once.
 async fn read_stream(js: &jetstream::Context, stream: &str) -> Vec<StoredMessage> {
-    let mut s = js
-        .get_stream(stream)
-        .await
-        .unwrap_or_else(|e| panic!("get stream {stream:?}: {e}"));
-    let state = s
-        .info()
-        .await
-        .unwrap_or_else(|e| panic!("info of stream {stream:?}: {e}"))
-        .state
-        .clone();
+    const PATIENCE: Duration = Duration::from_secs(30);
+    let start = Instant::now();
+    let retry = |what: String| {
+        if start.elapsed() >= PATIENCE {
+            panic!("{what} (still failing after {PATIENCE:?})");
+        }
+    };
+    let mut s = loop {
+        match js.get_stream(stream).await {
+            Ok(s) => break s,
+            Err(e) if is_unavailable(&e) => retry(format!("get stream {stream:?}: {e}")),
+            Err(e) => panic!("get stream {stream:?}: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let state = loop {
+        match s.info().await {
+            Ok(info) => break info.state.clone(),
+            Err(e) if is_unavailable(&e) => retry(format!("info of stream {stream:?}: {e}")),
+            Err(e) => panic!("info of stream {stream:?}: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     let mut out = Vec::new();
     if state.messages == 0 {
         return out;
     }
-    for seq in state.first_sequence..=state.last_sequence {
+    let mut seq = state.first_sequence;
+    while seq <= state.last_sequence {
         match s.get_raw_message(seq).await {
             Ok(m) => out.push(StoredMessage::from(m)),
             Err(e) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => {}
+            Err(e) if is_unavailable(&e) => {
+                retry(format!("read seq {seq} of stream {stream:?}: {e}"));
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
             Err(e) => panic!("read seq {seq} of stream {stream:?}: {e}"),
         }
+        seq += 1;
     }
     out
+}
+
+/// A JetStream answer that says "try again": the system or a stream's leader is not there yet
+/// (503 / error code 10008), or the request timed out during an election.
+fn is_unavailable(e: &dyn std::fmt::Display) -> bool {
+    let text = e.to_string();
+    text.contains("temporarily unavailable") || text.contains("code 503") || text.contains("timed out")
 }
 
 fn nats_server_bin() -> PathBuf {

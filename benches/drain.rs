@@ -19,13 +19,24 @@
 //!
 //! Set `BENCH_ROWS` to change the backlog size (default 200000), `BENCH_ONLY=drain` to stop after
 //! the first comparison, `BENCH_WINDOW` for another `publisher.maxInFlight` (default: the
-//! config default).
+//! config default), `BENCH_SCRIPT=/path/route.lua` to route with another script.
+//!
+//! `BENCH_ONLY=matrix` runs only the workload matrix instead (`drain/matrix.rs`): narrow
+//! inserts, updates with REPLICA IDENTITY DEFAULT and FULL, wide rows, single-row transactions
+//! and large text, each for the built-in default script and a typical user script, as ratios
+//! to `pg_recvlogical` with CPU µs/event and peak RSS, printed as one markdown table;
+//! `BENCH_WORKLOADS=narrow,update,…` picks workloads.
+//!
+//! `WAL_LISTENER_WRAP="valgrind --tool=callgrind …"` runs the service under a profiler.
 
 /// `publisher.maxInFlight`'s default.
 const DEFAULT_WINDOW: usize = 1024;
 
 #[path = "../tests/support/mod.rs"]
 mod support;
+
+#[path = "drain/matrix.rs"]
+mod matrix;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -50,13 +61,16 @@ async fn run() {
     let pg = PgCluster::start();
     let nats = NatsServer::start();
     pg.psql("CREATE TABLE bench (id int8 PRIMARY KEY, note text, at timestamptz DEFAULT now()); CREATE PUBLICATION pub_bench FOR ALL TABLES;");
-
-    // 1 + 2: slots created before the backlog is written.
     let repeat: usize = std::env::var("BENCH_REPEAT")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(3)
         .max(1);
+    if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "matrix") {
+        return matrix::run(&pg, &nats, rows, repeat).await;
+    }
+
+    // 1 + 2: slots created before the backlog is written.
     let runs: Vec<Setup> = (0..repeat).map(|i| Setup::new(&format!("drain{i}"))).collect();
     let single = Setup::new("single");
     let with_rabbit = std::env::var("BENCH_RABBIT").map_or(true, |v| v != "0");
@@ -91,6 +105,8 @@ async fn run() {
     if only_big {
         return big_transaction(&pg, &nats).await;
     }
+    // BENCH_SCRIPT=/path/to/route.lua measures with another routing script.
+    let script = std::env::var("BENCH_SCRIPT").ok();
     let window: usize = std::env::var("BENCH_WINDOW")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -101,7 +117,7 @@ async fn run() {
     for (i, run) in runs.iter().enumerate() {
         let baseline = time_pg_recvlogical(&pg, &format!("baseline{i}"), &end_lsn);
         let baseline_rate = rows as f64 / baseline.as_secs_f64();
-        let (drained, _, cpu) = drain(&pg, &nats, run, "pub_bench", window, rows).await;
+        let (drained, _, cpu) = drain(&pg, &nats, run, "pub_bench", window, rows, script.as_deref()).await;
         let rate = rows as f64 / drained.as_secs_f64();
         let cpu_us = cpu * 1e6 / rows as f64;
         println!(
@@ -147,7 +163,7 @@ async fn run() {
         return;
     }
     let sample = rows.min(20_000);
-    let (one, _, _) = drain(&pg, &nats, &single, "pub_bench", 1, sample).await;
+    let (one, _, _) = drain(&pg, &nats, &single, "pub_bench", 1, sample, script.as_deref()).await;
     let one_rate = sample as f64 / one.as_secs_f64();
     println!(
         "wal-listener, 1 in flight:    {one_rate:>9.0} rows/s  (first {sample} rows)  ratio {:.2}; pipelining gains {:.1}x",
@@ -174,7 +190,7 @@ async fn big_transaction(pg: &PgCluster, nats: &NatsServer) {
     println!("one transaction of 1,000,000 rows written in {:.1?}", started.elapsed());
     let mut big_setup = big;
     big_setup.listener_extra = "  filter:\n    tables:\n      big: [insert]\n".into();
-    let (took, peak_kib, _) = drain(pg, nats, &big_setup, "pub_bench", DEFAULT_WINDOW, 1_000_000).await;
+    let (took, peak_kib, _) = drain(pg, nats, &big_setup, "pub_bench", DEFAULT_WINDOW, 1_000_000, None).await;
     println!(
         "1,000,000-row transaction: published in {took:.1?}, peak RSS {:.1} MiB",
         peak_kib as f64 / 1024.0
@@ -213,7 +229,8 @@ fn time_pg_recvlogical(pg: &PgCluster, slot: &str, end_lsn: &str) -> Duration {
     started.elapsed()
 }
 
-/// Start the service on a pre-created slot and time it until `count` messages are stored.
+/// Start the service on a pre-created slot and time it until `count` messages are stored,
+/// routing with the script at `script` (`None`: the built-in default).
 /// Returns the time, the process's peak RSS in KiB and its CPU seconds.
 async fn drain(
     pg: &PgCluster,
@@ -222,15 +239,13 @@ async fn drain(
     publication: &str,
     window: usize,
     count: u64,
+    script: Option<&str>,
 ) -> (Duration, u64, f64) {
     let mut setup = Setup {
         publication: publication.into(),
         ..clone_setup(setup)
     };
-    // BENCH_SCRIPT=/path/to/route.lua measures with another routing script.
-    let script = std::env::var("BENCH_SCRIPT")
-        .map(|p| format!("  path: {p}\n"))
-        .unwrap_or_default();
+    let script = script.map(|p| format!("  path: {p}\n")).unwrap_or_default();
     setup.extra = format!("scripts:\n  onError: halt\n{script}{}", setup.extra);
     let yaml = setup.yaml(pg, nats).replace("level: debug", "level: warn").replace(
         "  type: nats\n",

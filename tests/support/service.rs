@@ -147,7 +147,19 @@ impl Service {
         assert!(self.child.is_none(), "service already running");
         self.runs += 1;
         let log = std::fs::File::create(self.log_path()).expect("create log");
-        let child = Command::new(env!("CARGO_BIN_EXE_wal-listener"))
+        // WAL_LISTENER_WRAP="valgrind --tool=callgrind …" runs the binary under a profiler
+        // (benches; the tests never set it).
+        let wrap = std::env::var("WAL_LISTENER_WRAP").unwrap_or_default();
+        let mut wrap = wrap.split_whitespace();
+        let mut command = match wrap.next() {
+            Some(program) => {
+                let mut c = Command::new(program);
+                c.args(wrap).arg(env!("CARGO_BIN_EXE_wal-listener"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_wal-listener")),
+        };
+        let child = command
             .arg("-c")
             .arg(self.config_path())
             .current_dir(self.dir.path())

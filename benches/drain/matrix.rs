@@ -1,0 +1,252 @@
+//! `BENCH_ONLY=matrix`: the drain across workload shapes, for the built-in default script and a
+//! typical user script, each next to `pg_recvlogical` draining the same WAL.
+//!
+//! For every workload: its table is created (and, for updates, filled) before the slots, then
+//! for each script and each of `BENCH_REPEAT` runs one slot for wal-listener and one for
+//! `pg_recvlogical`, then the workload's WAL is written once. Each pair is drained back to
+//! back (baseline first), and the median ratio, the median CPU µs/event and the largest peak
+//! RSS (VmHWM) are reported. `BENCH_WORKLOADS=narrow,wide,…` picks workloads (default: all).
+//!
+//! | workload | rows | what |
+//! |---|---|---|
+//! | `narrow` | `BENCH_ROWS` (200,000) | inserts of (int8, 200-char text, timestamptz), 100-row transactions |
+//! | `update` | 100,000 | updates, REPLICA IDENTITY DEFAULT, 100-row transactions |
+//! | `update_full` | 100,000 | the same with REPLICA IDENTITY FULL (`dataOld` is the whole row) |
+//! | `wide` | 50,000 | inserts of 30 columns (int8, numeric, timestamptz, text, bool, uuid, jsonb), ~1 kB, 100-row transactions |
+//! | `single` | 50,000 | one-row insert transactions |
+//! | `text10k` | 10,000 | a 10 kB compressible text (stored compressed inline), 10-row transactions |
+//! | `text100k` | 1,000 | a 100 kB incompressible text (stored in TOAST), 10-row transactions |
+//!
+//! The heavy shapes have fewer rows so that the whole matrix runs in a few minutes. Every count
+//! scales with `BENCH_ROWS` (e.g. `BENCH_ROWS=20000` for a tenth, as under a profiler).
+
+use std::time::Duration;
+
+use super::support::service::Setup;
+use super::support::{NatsServer, PgCluster};
+use super::{DEFAULT_WINDOW, drain, time_pg_recvlogical};
+
+/// The user script of issue 14: route by a column value into one of 16 subjects, add a
+/// header, publish the event as it is.
+pub const USER_SCRIPT: &str = r#"function route(event)
+  local row = event.data
+  return config.publisher.topic .. ".bench." .. (row.id % 16), event, { Shard = row.id % 16 }
+end
+"#;
+
+struct Workload {
+    name: &'static str,
+    rows: u64,
+    /// Before the slots exist: the table, and rows to update.
+    prepare: String,
+    /// The WAL the slots drain.
+    write: String,
+}
+
+/// The workloads, with row counts scaled by `narrow_rows` / 200,000.
+fn workloads(narrow_rows: u64) -> Vec<Workload> {
+    let scaled = |rows: u64| (rows * narrow_rows / 200_000).max(100) / 100 * 100;
+    let narrow_rows = scaled(200_000);
+    let txs = |rows: u64, per: u64| rows / per - 1;
+    let update = |name: &'static str, identity: &str| {
+        let rows = scaled(100_000);
+        Workload {
+            name,
+            rows,
+            prepare: format!(
+                "CREATE TABLE {name} (id int8 PRIMARY KEY, note text, n int8, at timestamptz DEFAULT now());
+                 ALTER TABLE {name} REPLICA IDENTITY {identity};
+                 INSERT INTO {name} (id, note, n) SELECT g, repeat('u', 100), g FROM generate_series(1, {rows}) g;"
+            ),
+            write: format!(
+                "DO $$ BEGIN FOR t IN 0..{} LOOP
+                   UPDATE {name} SET n = n + 1, note = repeat('v', 100) WHERE id > t * 100 AND id <= t * 100 + 100;
+                   COMMIT;
+                 END LOOP; END $$;",
+                txs(rows, 100)
+            ),
+        }
+    };
+    vec![
+        Workload {
+            name: "narrow",
+            rows: narrow_rows,
+            prepare: "CREATE TABLE narrow (id int8 PRIMARY KEY, note text, at timestamptz DEFAULT now())".into(),
+            write: format!(
+                "DO $$ BEGIN FOR t IN 0..{} LOOP
+                   INSERT INTO narrow (id, note) SELECT t * 100 + g, repeat('n', 200) FROM generate_series(1, 100) g;
+                   COMMIT;
+                 END LOOP; END $$;",
+                txs(narrow_rows, 100)
+            ),
+        },
+        update("update", "DEFAULT"),
+        update("update_full", "FULL"),
+        Workload {
+            name: "wide",
+            rows: scaled(50_000),
+            prepare: "CREATE TABLE wide (id int8 PRIMARY KEY,
+                 i1 int8, i2 int8, i3 int8, i4 int8, i5 int8, i6 int8,
+                 n1 numeric, n2 numeric, n3 numeric, n4 numeric, n5 numeric,
+                 t1 timestamptz, t2 timestamptz, t3 timestamptz, t4 timestamptz,
+                 s1 text, s2 text, s3 text, s4 text, s5 text, s6 text,
+                 b1 bool, b2 bool, b3 bool, u1 uuid, u2 uuid, u3 uuid, j1 jsonb, j2 jsonb)"
+                .into(),
+            write: format!(
+                "DO $$ BEGIN FOR t IN 0..{} LOOP
+                   INSERT INTO wide SELECT t * 100 + g,
+                     g, g * 7, g * 13, -g, g * 1000003, t,
+                     g * 1.25, g / 3.0, 12345678901234567890.123, -g * 0.5, t + 0.001,
+                     now(), now() - interval '1 day', '2024-01-01 10:00:00+00', now() + g * interval '1 s',
+                     'name ' || g, repeat('s', 40), md5(g::text), 'x', repeat('long text ', 12), 'ünïcødé ✓',
+                     g % 2 = 0, true, false,
+                     md5(g::text)::uuid, md5((g + 1)::text)::uuid, md5((g + 2)::text)::uuid,
+                     jsonb_build_object('id', g, 'name', repeat('j', 60), 'tags', jsonb_build_array('a', 'b', 'c', g),
+                       'nested', jsonb_build_object('x', g * 1.5, 'y', true, 'z', null), 'text', md5(g::text) || md5(t::text)),
+                     jsonb_build_object('list', (SELECT jsonb_agg(i) FROM generate_series(1, 40) i), 'note', repeat('k', 80))
+                   FROM generate_series(1, 100) g;
+                   COMMIT;
+                 END LOOP; END $$;",
+                txs(scaled(50_000), 100)
+            ),
+        },
+        Workload {
+            name: "single",
+            rows: scaled(50_000),
+            prepare: "CREATE TABLE single (id int8 PRIMARY KEY, note text, at timestamptz DEFAULT now())".into(),
+            write: format!(
+                "DO $$ BEGIN FOR t IN 1..{} LOOP
+                   INSERT INTO single (id, note) VALUES (t, repeat('n', 200));
+                   COMMIT;
+                 END LOOP; END $$;",
+                scaled(50_000)
+            ),
+        },
+        Workload {
+            name: "text10k",
+            rows: scaled(10_000),
+            prepare: "CREATE TABLE text10k (id int8 PRIMARY KEY, body text)".into(),
+            write: format!(
+                "DO $$ BEGIN FOR t IN 0..{} LOOP
+                   INSERT INTO text10k SELECT t * 10 + g, repeat(md5(g::text), 320) FROM generate_series(1, 10) g;
+                   COMMIT;
+                 END LOOP; END $$;",
+                txs(scaled(10_000), 10)
+            ),
+        },
+        Workload {
+            name: "text100k",
+            rows: scaled(1_000),
+            prepare: "CREATE TABLE text100k (id int8 PRIMARY KEY, body text)".into(),
+            // Hex of md5s of random numbers: compresses poorly, so the value goes to TOAST.
+            write: format!(
+                "DO $$ BEGIN FOR t IN 0..{} LOOP
+                   INSERT INTO text100k SELECT t * 10 + g,
+                     (SELECT string_agg(md5(random()::text || i), '') FROM generate_series(1, 3200) i WHERE g > 0)
+                   FROM generate_series(1, 10) g;
+                   COMMIT;
+                 END LOOP; END $$;",
+                txs(scaled(1_000), 10)
+            ),
+        },
+    ]
+}
+
+/// One cell of the table.
+struct Cell {
+    ratio: f64,
+    rate: f64,
+    baseline: f64,
+    cpu_us: f64,
+    rss_mib: f64,
+}
+
+pub async fn run(pg: &PgCluster, nats: &NatsServer, narrow_rows: u64, repeat: usize) {
+    let chosen: Option<Vec<String>> = std::env::var("BENCH_WORKLOADS")
+        .ok()
+        .map(|v| v.split(',').map(|s| s.trim().to_string()).collect());
+    let script_dir = tempfile::tempdir().expect("temp dir");
+    let user_script = script_dir.path().join("route.lua");
+    std::fs::write(&user_script, USER_SCRIPT).expect("write the user script");
+    let user_script = user_script.to_string_lossy().into_owned();
+    let scripts: [(&str, Option<&str>); 2] = [("default", None), ("user", Some(user_script.as_str()))];
+
+    let mut table = Vec::new();
+    for w in workloads(narrow_rows) {
+        if chosen.as_ref().is_some_and(|c| !c.iter().any(|n| n == w.name)) {
+            continue;
+        }
+        pg.psql(&w.prepare);
+        let mut pairs = Vec::new();
+        for (script, _) in &scripts {
+            for r in 0..repeat {
+                let ours = Setup::new(&format!("m_{}_{script}_{r}", w.name));
+                let baseline = format!("mb_{}_{script}_{r}", w.name);
+                for slot in [ours.slot.as_str(), baseline.as_str()] {
+                    pg.psql(&format!(
+                        "SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')"
+                    ));
+                }
+                pairs.push((*script, ours, baseline));
+            }
+        }
+        let started = std::time::Instant::now();
+        pg.psql(&w.write);
+        let end_lsn = pg.psql("SELECT pg_current_wal_lsn()");
+        println!("{}: {} rows written in {:.1?}", w.name, w.rows, started.elapsed());
+        for (script, path) in &scripts {
+            let mut cells = Vec::new();
+            for (_, ours, baseline) in pairs.iter().filter(|p| p.0 == *script) {
+                let took = time_pg_recvlogical(pg, baseline, &end_lsn);
+                let (drained, peak_kib, cpu) = drain(pg, nats, ours, "pub_bench", DEFAULT_WINDOW, w.rows, *path).await;
+                let cell = cell(w.rows, took, drained, cpu, peak_kib);
+                println!(
+                    "  {script:<7} pg_recvlogical {:>7.0} rows/s, wal-listener {:>7.0} rows/s, ratio {:.2}, CPU {:.2} µs/event, peak RSS {:.1} MiB",
+                    cell.baseline, cell.rate, cell.ratio, cell.cpu_us, cell.rss_mib
+                );
+                cells.push(cell);
+                let _ = nats.jetstream().await.delete_stream(&ours.topic).await;
+                for slot in [ours.slot.as_str(), baseline.as_str()] {
+                    pg.psql(&format!("SELECT pg_drop_replication_slot('{slot}')"));
+                }
+            }
+            table.push((w.name, w.rows, *script, median(cells)));
+        }
+    }
+    println!(
+        "\n| workload | rows | script | pg_recvlogical rows/s | wal-listener rows/s | ratio | CPU µs/event | peak RSS MiB |"
+    );
+    println!("|---|---:|---|---:|---:|---:|---:|---:|");
+    for (name, rows, script, c) in table {
+        println!(
+            "| {name} | {rows} | {script} | {:.0} | {:.0} | {:.2} | {:.2} | {:.1} |",
+            c.baseline, c.rate, c.ratio, c.cpu_us, c.rss_mib
+        );
+    }
+    println!("(median of {repeat} runs each; peak RSS the largest)");
+}
+
+fn cell(rows: u64, baseline: Duration, ours: Duration, cpu: f64, peak_kib: u64) -> Cell {
+    let rate = rows as f64 / ours.as_secs_f64();
+    let baseline = rows as f64 / baseline.as_secs_f64();
+    Cell {
+        ratio: rate / baseline,
+        rate,
+        baseline,
+        cpu_us: cpu * 1e6 / rows as f64,
+        rss_mib: peak_kib as f64 / 1024.0,
+    }
+}
+
+/// The run with the median ratio, with the median CPU and the largest RSS of all runs.
+fn median(mut cells: Vec<Cell>) -> Cell {
+    let mut cpus: Vec<f64> = cells.iter().map(|c| c.cpu_us).collect();
+    cpus.sort_by(f64::total_cmp);
+    let rss = cells.iter().map(|c| c.rss_mib).fold(0.0, f64::max);
+    cells.sort_by(|a, b| a.ratio.total_cmp(&b.ratio));
+    let mid = cells.len() / 2;
+    let mut c = cells.swap_remove(mid);
+    c.cpu_us = cpus[cpus.len() / 2];
+    c.rss_mib = rss;
+    c
+}

@@ -37,7 +37,8 @@
 //! `message_id`.
 //!
 //! Message envelopes — subject, headers and payload built from an event and a script's
-//! [`Routed`] output — are made by [`envelope`] and [`dead_letter`].
+//! [`Routed`] output — are made by [`Envelopes`] (which keeps the headers shared by a
+//! transaction's changes of one relation) and [`dead_letter`].
 
 mod connect;
 mod envelope;
@@ -56,7 +57,7 @@ use crate::config::{Config, PublisherKind};
 use crate::error::{Error, Kind, Result};
 
 pub use connect::{client, display_address};
-pub use envelope::{OutMessage, dead_letter, envelope};
+pub use envelope::{Envelopes, OutMessage, dead_letter, envelope};
 pub use stream::{RETRY_HORIZON, jetstream_unavailable, subject_covers};
 
 /// How long JetStream may go without acknowledging anything while messages are in flight
@@ -69,10 +70,16 @@ pub enum Sink {
         client: async_nats::Client,
         /// `<inbox>.`: a message's reply subject is this plus its sequence number.
         reply_prefix: String,
+        /// The server's `max_payload`, read once at connect: a sink lives for one connection
+        /// (a lost one ends the session), and `Client::server_info` clones the whole INFO —
+        /// it showed in the drain profile when it was read for every message.
+        max_payload: usize,
         lost: Lost,
     },
     Core {
         client: async_nats::Client,
+        /// As for `JetStream`.
+        max_payload: usize,
         lost: Lost,
     },
     Rabbit(Box<rabbit::Rabbit>),
@@ -108,7 +115,15 @@ impl Sink {
         }
         let (client, lost) = connect::client(config).await?;
         if p.kind == PublisherKind::NatsCore {
-            return Ok((Sink::Core { client, lost }, AckReplies::None));
+            let max_payload = client.server_info().max_payload;
+            return Ok((
+                Sink::Core {
+                    client,
+                    max_payload,
+                    lost,
+                },
+                AckReplies::None,
+            ));
         }
         if !client.server_info().jetstream {
             crate::metrics::jetstream_unavailable();
@@ -137,6 +152,7 @@ impl Sink {
         };
         Ok((
             Sink::JetStream {
+                max_payload: client.server_info().max_payload,
                 client,
                 reply_prefix,
                 lost,
@@ -205,7 +221,7 @@ impl Sink {
     /// The largest message (payload plus headers) the server accepts; `None` for stdout.
     pub fn max_payload(&self) -> Option<usize> {
         match self {
-            Sink::JetStream { client, .. } | Sink::Core { client, .. } => Some(client.server_info().max_payload),
+            Sink::JetStream { max_payload, .. } | Sink::Core { max_payload, .. } => Some(*max_payload),
             Sink::Rabbit(_) => Some(rabbit::MAX_MESSAGE),
             Sink::Stdout => None,
         }

@@ -30,7 +30,7 @@ use crate::script::on_error::{OnErrorPolicy, Verdict};
 use crate::script::{Routed, ScriptVersion};
 use crate::transform::Outbound;
 
-use super::{ACK_TIMEOUT, Ack, AckReplies, OutMessage, Outcome, Sent, Sink, dead_letter, envelope};
+use super::{ACK_TIMEOUT, Ack, AckReplies, Envelopes, OutMessage, Outcome, Sent, Sink, dead_letter};
 
 /// The sending end of a session.
 pub(crate) struct PublishStage {
@@ -49,6 +49,7 @@ pub(crate) struct PublishStage {
     progress: Instant,
     stall_check: tokio::time::Interval,
     messages: Vec<OutMessage>,
+    envelopes: Envelopes,
 }
 
 impl PublishStage {
@@ -65,6 +66,7 @@ impl PublishStage {
             progress: Instant::now(),
             stall_check: tokio::time::interval(Duration::from_secs(1)),
             messages: Vec::new(),
+            envelopes: Envelopes::default(),
         }
     }
 
@@ -122,7 +124,7 @@ impl PublishStage {
         let mut messages = std::mem::take(&mut self.messages);
         let mut default_payload: Option<Bytes> = None;
         for (index, routed) in routed.into_iter().enumerate() {
-            let message = envelope(event, routed, index, &mut default_payload);
+            let message = self.envelopes.envelope(event, routed, index, &mut default_payload);
             if let Some(error) = self.sink.refusal(&message) {
                 messages.clear();
                 self.messages = messages;

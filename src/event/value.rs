@@ -168,6 +168,9 @@ fn convert_scalar(scalar: Scalar, text: &str) -> Result<Value, Value> {
 /// `-0043`); `infinity` and `-infinity` pass through. `None` for any other shape (the session
 /// pins `TimeZone=UTC`, so a zoned value always ends in `+00`).
 fn rfc3339(text: &str, zoned: bool) -> Option<String> {
+    if let Some(out) = rfc3339_common(text, zoned) {
+        return Some(out);
+    }
     if text == "infinity" || text == "-infinity" {
         return Some(text.to_string());
     }
@@ -206,6 +209,38 @@ fn rfc3339(text: &str, zoned: bool) -> Option<String> {
     for part in ["-", month, "-", day, "T", hms, ".", fraction] {
         out.push_str(part);
     }
+    out.extend(std::iter::repeat_n('0', 6 - fraction.len()));
+    if zoned {
+        out.push('Z');
+    }
+    Some(out)
+}
+
+/// [`rfc3339`] for the shape nearly every value has — a four-digit year AD,
+/// `YYYY-MM-DD HH:MM:SS[.f{1,6}]` — checked by position; `None` for anything else, which the
+/// general parser then handles (it gives the same text for this shape).
+fn rfc3339_common(text: &str, zoned: bool) -> Option<String> {
+    let body = if zoned { text.strip_suffix("+00")? } else { text };
+    let b = body.as_bytes();
+    if b.len() < 19 || b.len() == 20 || b.len() > 26 {
+        return None;
+    }
+    let digits = |from: usize, to: usize| b.get(from..to).is_some_and(|d| d.iter().all(u8::is_ascii_digit));
+    let shape = b[4] == b'-' && b[7] == b'-' && b[10] == b' ' && b[13] == b':' && b[16] == b':';
+    let fraction_ok = b.len() == 19 || (b[19] == b'.' && digits(20, b.len()));
+    if !shape
+        || !fraction_ok
+        || !(digits(0, 4) && digits(5, 7) && digits(8, 10) && digits(11, 13) && digits(14, 16) && digits(17, 19))
+    {
+        return None;
+    }
+    let mut out = String::with_capacity(27);
+    out.push_str(body.get(..10)?);
+    out.push('T');
+    out.push_str(body.get(11..19)?);
+    out.push('.');
+    let fraction = body.get(20..).unwrap_or("");
+    out.push_str(fraction);
     out.extend(std::iter::repeat_n('0', 6 - fraction.len()));
     if zoned {
         out.push('Z');

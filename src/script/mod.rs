@@ -86,6 +86,8 @@ pub struct Router {
     ticks_left: Arc<AtomicU32>,
     ticks_per_call: u32,
     instruction_limit: u64,
+    /// The state's memory cap (0: none), lifted while the host builds values (`handoff.rs`).
+    memory_limit: usize,
     /// Set for the built-in default script, whose answers depend on the relation and action
     /// only (see `memo.rs`).
     memo: Option<memo::Memo>,
@@ -154,8 +156,13 @@ impl Router {
             Ok(mlua::VmState::Continue)
         })
         .map_err(|e| ScriptError::Setup(e.to_string()))?;
-        if limits.memory {
-            lua.set_memory_limit(usize::try_from(config.scripts.memory_limit).unwrap_or(usize::MAX))
+        let memory_limit = if limits.memory {
+            usize::try_from(config.scripts.memory_limit).unwrap_or(usize::MAX)
+        } else {
+            0
+        };
+        if memory_limit != 0 {
+            lua.set_memory_limit(memory_limit)
                 .map_err(|e| ScriptError::Setup(e.to_string()))?;
         }
         // The limits are in place before the script's top level runs: a loop or a memory bomb
@@ -179,6 +186,7 @@ impl Router {
             ticks_left,
             ticks_per_call,
             instruction_limit: config.scripts.instruction_limit,
+            memory_limit,
             memo: None,
         })
     }
@@ -204,17 +212,25 @@ impl Router {
 
     fn call(&self, event: &Arc<ChangeEvent>) -> Result<Vec<Routed>, RouteError> {
         self.ticks_left.store(self.ticks_per_call, Ordering::Relaxed);
-        let ud = self
-            .lua
-            .create_userdata(handoff::EventData(event.clone()))
-            .map_err(|e| self.classify(e))?;
+        let data = handoff::EventData {
+            event: Some(event.clone()),
+            memory_limit: self.memory_limit,
+        };
+        let ud = {
+            let _uncapped = handoff::Uncapped::new(&self.lua, self.memory_limit);
+            self.lua.create_userdata(data).map_err(|e| self.classify(e))?
+        };
         let result = self.route.call::<MultiValue>(&ud).map_err(|e| self.classify(e));
+        let _uncapped = handoff::Uncapped::new(&self.lua, self.memory_limit);
         let routed = result.and_then(|returned| output::interpret(&self.lua, returned));
         // The event is valid during the call only. Release it now: Lua sees a few bytes of
         // userdata and would collect it late, while the event behind it can be kilobytes — a
         // million-row transaction grew the process by the size of every event (found by the
         // benchmark's peak-RSS check). A script that kept the event gets an error on access.
-        let _ = ud.destroy();
+        // (Taking the event out is cheaper than `destroy`, which is a protected call.)
+        if let Ok(mut data) = ud.borrow_mut::<handoff::EventData>() {
+            data.event = None;
+        }
         routed
     }
 

@@ -109,7 +109,13 @@ pub fn validate_subject(subject: &str) -> Result<(), String> {
     if subject.is_empty() {
         return bad("it is empty");
     }
-    if subject.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    // ASCII subjects (nearly all) are checked byte by byte; the char test covers the rest.
+    let clean = if subject.is_ascii() {
+        !subject.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+    } else {
+        !subject.chars().any(|c| c.is_whitespace() || c.is_control())
+    };
+    if !clean {
         return bad("it contains whitespace or control characters");
     }
     for token in subject.split('.') {
@@ -126,7 +132,8 @@ pub fn validate_subject(subject: &str) -> Result<(), String> {
 fn payload(value: LuaValue) -> Result<Payload, RouteError> {
     match value {
         LuaValue::Nil => Ok(Payload::Event),
-        LuaValue::UserData(ud) if ud.is::<EventData>() => Ok(Payload::Event),
+        // The event of this call (one a script kept from an earlier call is empty by now).
+        LuaValue::UserData(ud) if ud.borrow::<EventData>().is_ok_and(|e| e.event.is_some()) => Ok(Payload::Event),
         LuaValue::String(s) => Ok(Payload::Raw(s.as_bytes().to_vec())),
         v @ LuaValue::Table(_) => serde_json::to_vec(&v).map(Payload::Json).map_err(|e| {
             RouteError::Runtime(format!(
@@ -143,45 +150,62 @@ fn headers(value: LuaValue) -> Result<Vec<(String, String)>, RouteError> {
         LuaValue::Table(t) => t,
         other => return Err(invalid(format!("headers that are {}", describe(&other)))),
     };
+    // One protected traversal (`for_each`) instead of one protected call per pair.
     let mut out = Vec::new();
-    for pair in table.pairs::<LuaValue, LuaValue>() {
-        let (k, v) = pair.map_err(runtime)?;
-        let LuaValue::String(name) = k else {
-            return Err(invalid(format!("a header name that is {}", describe(&k))));
-        };
-        let name = name.to_string_lossy();
-        let value = match v {
-            LuaValue::String(s) => s.to_string_lossy(),
-            LuaValue::Integer(i) => i.to_string(),
-            LuaValue::Number(n) => n.to_string(),
-            LuaValue::Boolean(b) => b.to_string(),
-            other => {
-                return Err(invalid(format!(
-                    "a value for header {name} that is {}",
-                    describe(&other)
-                )));
-            }
-        };
-        // NATS header names are printable ASCII without ':' (async-nats panics on others).
-        if name.is_empty() || name.chars().any(|c| c == ':' || !c.is_ascii_graphic()) {
-            return Err(RouteError::Runtime(format!(
-                "route returned an invalid header name {name:?}: use printable ASCII without spaces or ':'"
-            )));
+    let mut failure = None;
+    let walked = table.for_each::<LuaValue, LuaValue>(|k, v| match header(k, v) {
+        Ok(pair) => {
+            out.push(pair);
+            Ok(())
         }
-        if value.contains(['\r', '\n']) {
-            return Err(RouteError::Runtime(format!(
-                "header {name} has a line break in its value"
-            )));
+        Err(e) => {
+            failure = Some(e);
+            Err(mlua::Error::RuntimeError(String::new()))
         }
-        if RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
-            return Err(RouteError::Runtime(format!(
-                "header {name} is set by wal-listener and cannot be replaced by a script"
-            )));
-        }
-        out.push((name, value));
+    });
+    if let Some(e) = failure {
+        return Err(e);
     }
+    walked.map_err(runtime)?;
     out.sort();
     Ok(out)
+}
+
+/// One header a script returned, checked.
+fn header(k: LuaValue, v: LuaValue) -> Result<(String, String), RouteError> {
+    let LuaValue::String(name) = k else {
+        return Err(invalid(format!("a header name that is {}", describe(&k))));
+    };
+    let name = name.to_string_lossy();
+    let value = match v {
+        LuaValue::String(s) => s.to_string_lossy(),
+        LuaValue::Integer(i) => itoa::Buffer::new().format(i).to_string(),
+        LuaValue::Number(n) => n.to_string(),
+        LuaValue::Boolean(b) => b.to_string(),
+        other => {
+            return Err(invalid(format!(
+                "a value for header {name} that is {}",
+                describe(&other)
+            )));
+        }
+    };
+    // NATS header names are printable ASCII without ':' (async-nats panics on others).
+    if name.is_empty() || name.chars().any(|c| c == ':' || !c.is_ascii_graphic()) {
+        return Err(RouteError::Runtime(format!(
+            "route returned an invalid header name {name:?}: use printable ASCII without spaces or ':'"
+        )));
+    }
+    if value.contains(['\r', '\n']) {
+        return Err(RouteError::Runtime(format!(
+            "header {name} has a line break in its value"
+        )));
+    }
+    if RESERVED_HEADERS.iter().any(|r| r.eq_ignore_ascii_case(&name)) {
+        return Err(RouteError::Runtime(format!(
+            "header {name} is set by wal-listener and cannot be replaced by a script"
+        )));
+    }
+    Ok((name, value))
 }
 
 fn describe(value: &LuaValue) -> String {

@@ -327,3 +327,28 @@ fn messages_and_custom_scripts_are_routed_by_lua_every_time() {
     assert_eq!(kept.memo.as_ref().map(|m| m.len()), Some(0));
     assert!(custom("function route(e) return 'a.b' end").memo.is_none());
 }
+
+/// The event is valid during its call only: a script that kept it gets an error on access, and
+/// returning it later is not "the event" (it would publish another event's payload).
+#[test]
+fn a_kept_event_is_not_usable_after_its_call() {
+    let r = custom(
+        "local kept function route(e) if kept == nil then kept = e return 'first' end local ok, err = pcall(function() return kept.table end) if ok then return 'read' end return 'later', kept end",
+    );
+    assert_eq!(subjects(&r, &event("s", "t", "INSERT")), ["first"]);
+    let err = r
+        .route(&event("s", "t", "INSERT"))
+        .expect_err("the kept event is no payload");
+    assert!(matches!(err, RouteError::InvalidReturn { .. }), "{err:?}");
+}
+
+/// Fields are built with the memory cap lifted and the cap is back when the script runs on.
+#[test]
+fn the_memory_cap_is_back_after_each_field() {
+    let r = custom(
+        "function route(e) local d = e.data local t = {} for i = 1, 1e9 do t[i] = string.rep('x', 1024) .. i end end",
+    );
+    assert_eq!(r.route(&event("s", "t", "INSERT")), Err(RouteError::Memory));
+    let r = custom("function route(e) local d = e.data local o = e.dataOld return 'x.' .. e.table .. '.' .. d.id end");
+    assert_eq!(subjects(&r, &event("s", "t", "INSERT")), ["x.t.9007199254740993"]);
+}

@@ -27,7 +27,8 @@
 //! to `pg_recvlogical` with CPU µs/event and peak RSS, printed as one markdown table;
 //! `BENCH_WORKLOADS=narrow,update,…` picks workloads.
 //!
-//! `WAL_LISTENER_WRAP="valgrind --tool=callgrind …"` runs the service under a profiler.
+//! `WAL_LISTENER_WRAP="valgrind --tool=callgrind …"` runs the service under a profiler;
+//! `BENCH_SWITCHES=1` prints its context switches per event after each drain.
 
 /// `publisher.maxInFlight`'s default.
 const DEFAULT_WINDOW: usize = 1024;
@@ -67,6 +68,10 @@ async fn run() {
         .unwrap_or(3)
         .max(1);
     if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "matrix") {
+        // Two slots per run, script and build.
+        let mut pg = pg;
+        pg.append_config("max_replication_slots = 64\nmax_wal_senders = 64\n");
+        tokio::task::block_in_place(|| pg.restart_fast());
         return matrix::run(&pg, &nats, rows, repeat).await;
     }
 
@@ -117,7 +122,7 @@ async fn run() {
     for (i, run) in runs.iter().enumerate() {
         let baseline = time_pg_recvlogical(&pg, &format!("baseline{i}"), &end_lsn);
         let baseline_rate = rows as f64 / baseline.as_secs_f64();
-        let (drained, _, cpu) = drain(&pg, &nats, run, "pub_bench", window, rows, script.as_deref()).await;
+        let (drained, _, cpu, _) = drain(&pg, &nats, run, "pub_bench", window, rows, script.as_deref()).await;
         let rate = rows as f64 / drained.as_secs_f64();
         let cpu_us = cpu * 1e6 / rows as f64;
         println!(
@@ -163,7 +168,7 @@ async fn run() {
         return;
     }
     let sample = rows.min(20_000);
-    let (one, _, _) = drain(&pg, &nats, &single, "pub_bench", 1, sample, script.as_deref()).await;
+    let (one, _, _, _) = drain(&pg, &nats, &single, "pub_bench", 1, sample, script.as_deref()).await;
     let one_rate = sample as f64 / one.as_secs_f64();
     println!(
         "wal-listener, 1 in flight:    {one_rate:>9.0} rows/s  (first {sample} rows)  ratio {:.2}; pipelining gains {:.1}x",
@@ -190,7 +195,7 @@ async fn big_transaction(pg: &PgCluster, nats: &NatsServer) {
     println!("one transaction of 1,000,000 rows written in {:.1?}", started.elapsed());
     let mut big_setup = big;
     big_setup.listener_extra = "  filter:\n    tables:\n      big: [insert]\n".into();
-    let (took, peak_kib, _) = drain(pg, nats, &big_setup, "pub_bench", DEFAULT_WINDOW, 1_000_000, None).await;
+    let (took, peak_kib, _, _) = drain(pg, nats, &big_setup, "pub_bench", DEFAULT_WINDOW, 1_000_000, None).await;
     println!(
         "1,000,000-row transaction: published in {took:.1?}, peak RSS {:.1} MiB",
         peak_kib as f64 / 1024.0
@@ -231,7 +236,7 @@ fn time_pg_recvlogical(pg: &PgCluster, slot: &str, end_lsn: &str) -> Duration {
 
 /// Start the service on a pre-created slot and time it until `count` messages are stored,
 /// routing with the script at `script` (`None`: the built-in default).
-/// Returns the time, the process's peak RSS in KiB and its CPU seconds.
+/// Returns the time, the process's peak RSS in KiB, its CPU seconds and the system part of them.
 async fn drain(
     pg: &PgCluster,
     nats: &NatsServer,
@@ -240,7 +245,7 @@ async fn drain(
     window: usize,
     count: u64,
     script: Option<&str>,
-) -> (Duration, u64, f64) {
+) -> (Duration, u64, f64, f64) {
     let mut setup = Setup {
         publication: publication.into(),
         ..clone_setup(setup)
@@ -263,14 +268,20 @@ async fn drain(
     .await;
     let took = started.elapsed();
     let peak = peak_rss_kib(service.pid());
-    let cpu = cpu_seconds(service.pid());
+    let (user, system) = cpu_split(service.pid());
+    if std::env::var("BENCH_SWITCHES").is_ok_and(|v| v == "1") {
+        println!(
+            "    context switches: {:.2} per event",
+            context_switches(service.pid()) as f64 / count as f64
+        );
+    }
     tokio::task::block_in_place(|| service.terminate());
-    (took, peak, cpu)
+    (took, peak, user + system, system)
 }
 
-/// The process's CPU time so far (user + system), from /proc: robust against the machine's
+/// The process's user and system CPU seconds so far, from /proc: robust against the machine's
 /// other load, unlike throughput.
-fn cpu_seconds(pid: u32) -> f64 {
+fn cpu_split(pid: u32) -> (f64, f64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which may hold spaces) in parentheses.
     let fields: Vec<&str> = stat
@@ -279,7 +290,26 @@ fn cpu_seconds(pid: u32) -> f64 {
         .unwrap_or_default();
     let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
-    (ticks(11) + ticks(12)) / clock_ticks()
+    let hz = clock_ticks();
+    (ticks(11) / hz, ticks(12) / hz)
+}
+
+/// Voluntary and involuntary context switches of all the process's threads so far.
+fn context_switches(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("status")).ok())
+        .flat_map(|status| {
+            status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1).and_then(|n| n.parse::<u64>().ok()))
+                .collect::<Vec<_>>()
+        })
+        .sum()
 }
 
 fn clock_ticks() -> f64 {

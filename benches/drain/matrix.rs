@@ -6,6 +6,7 @@
 //! `pg_recvlogical`, then the workload's WAL is written once. Each pair is drained back to
 //! back (baseline first), and the median ratio, the median CPU µs/event and the largest peak
 //! RSS (VmHWM) are reported. `BENCH_WORKLOADS=narrow,wide,…` picks workloads (default: all).
+//! `BENCH_BEFORE=/path/to/wal-listener` runs an older build too, interleaved with this one.
 //!
 //! | workload | rows | what |
 //! |---|---|---|
@@ -169,7 +170,15 @@ pub async fn run(pg: &PgCluster, nats: &NatsServer, narrow_rows: u64, repeat: us
     let user_script = script_dir.path().join("route.lua");
     std::fs::write(&user_script, USER_SCRIPT).expect("write the user script");
     let user_script = user_script.to_string_lossy().into_owned();
-    let scripts: [(&str, Option<&str>); 2] = [("default", None), ("user", Some(user_script.as_str()))];
+    // BENCH_BEFORE=/path/to/an/older/wal-listener: the same runs with that build too,
+    // interleaved, so that a change is compared under the same load.
+    let before = std::env::var("BENCH_BEFORE").ok().map(std::path::PathBuf::from);
+    let mut scripts: Vec<(&str, Option<&str>, Option<std::path::PathBuf>)> =
+        vec![("default", None, None), ("user", Some(user_script.as_str()), None)];
+    if let Some(before) = &before {
+        scripts.insert(0, ("default-before", None, Some(before.clone())));
+        scripts.insert(2, ("user-before", Some(user_script.as_str()), Some(before.clone())));
+    }
 
     let mut table = Vec::new();
     for w in workloads(narrow_rows) {
@@ -178,10 +187,11 @@ pub async fn run(pg: &PgCluster, nats: &NatsServer, narrow_rows: u64, repeat: us
         }
         pg.psql(&w.prepare);
         let mut pairs = Vec::new();
-        for (script, _) in &scripts {
+        for (script, ..) in &scripts {
             for r in 0..repeat {
-                let ours = Setup::new(&format!("m_{}_{script}_{r}", w.name));
-                let baseline = format!("mb_{}_{script}_{r}", w.name);
+                let tag = script.replace('-', "_");
+                let ours = Setup::new(&format!("m_{}_{tag}_{r}", w.name));
+                let baseline = format!("mb_{}_{tag}_{r}", w.name);
                 for slot in [ours.slot.as_str(), baseline.as_str()] {
                     pg.psql(&format!(
                         "SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')"
@@ -194,22 +204,35 @@ pub async fn run(pg: &PgCluster, nats: &NatsServer, narrow_rows: u64, repeat: us
         pg.psql(&w.write);
         let end_lsn = pg.psql("SELECT pg_current_wal_lsn()");
         println!("{}: {} rows written in {:.1?}", w.name, w.rows, started.elapsed());
-        for (script, path) in &scripts {
-            let mut cells = Vec::new();
-            for (_, ours, baseline) in pairs.iter().filter(|p| p.0 == *script) {
+        let mut cells: Vec<Vec<Cell>> = scripts.iter().map(|_| Vec::new()).collect();
+        for r in 0..repeat {
+            for (i, (script, path, program)) in scripts.iter().enumerate() {
+                let Some((_, ours, baseline)) = pairs.iter().filter(|p| p.0 == *script).nth(r) else {
+                    continue;
+                };
+                super::support::service::set_program(program.clone());
                 let took = time_pg_recvlogical(pg, baseline, &end_lsn);
-                let (drained, peak_kib, cpu) = drain(pg, nats, ours, "pub_bench", DEFAULT_WINDOW, w.rows, *path).await;
+                let (drained, peak_kib, cpu, system) =
+                    drain(pg, nats, ours, "pub_bench", DEFAULT_WINDOW, w.rows, *path).await;
                 let cell = cell(w.rows, took, drained, cpu, peak_kib);
                 println!(
-                    "  {script:<7} pg_recvlogical {:>7.0} rows/s, wal-listener {:>7.0} rows/s, ratio {:.2}, CPU {:.2} µs/event, peak RSS {:.1} MiB",
-                    cell.baseline, cell.rate, cell.ratio, cell.cpu_us, cell.rss_mib
+                    "  {script:<7} pg_recvlogical {:>7.0} rows/s, wal-listener {:>7.0} rows/s, ratio {:.2}, CPU {:.2} µs/event ({:.2} system), peak RSS {:.1} MiB",
+                    cell.baseline,
+                    cell.rate,
+                    cell.ratio,
+                    cell.cpu_us,
+                    system * 1e6 / w.rows as f64,
+                    cell.rss_mib
                 );
-                cells.push(cell);
+                cells[i].push(cell);
                 let _ = nats.jetstream().await.delete_stream(&ours.topic).await;
                 for slot in [ours.slot.as_str(), baseline.as_str()] {
                     pg.psql(&format!("SELECT pg_drop_replication_slot('{slot}')"));
                 }
             }
+        }
+        super::support::service::set_program(None);
+        for ((script, ..), cells) in scripts.iter().zip(cells) {
             table.push((w.name, w.rows, *script, median(cells)));
         }
     }

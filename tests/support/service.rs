@@ -71,6 +71,17 @@ impl Setup {
     }
 }
 
+/// Another wal-listener binary to start instead of this build's (benches compare builds).
+static PROGRAM: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
+
+/// Start `program` instead of this build's binary from now on (`None`: this build's).
+#[allow(dead_code)]
+pub fn set_program(program: Option<PathBuf>) {
+    if let Ok(mut p) = PROGRAM.lock() {
+        *p = program;
+    }
+}
+
 /// A running (or stopped) wal-listener process.
 pub struct Service {
     dir: tempfile::TempDir,
@@ -149,15 +160,20 @@ impl Service {
         let log = std::fs::File::create(self.log_path()).expect("create log");
         // WAL_LISTENER_WRAP="valgrind --tool=callgrind …" runs the binary under a profiler
         // (benches; the tests never set it).
+        let binary = PROGRAM
+            .lock()
+            .ok()
+            .and_then(|p| p.clone())
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_wal-listener")));
         let wrap = std::env::var("WAL_LISTENER_WRAP").unwrap_or_default();
         let mut wrap = wrap.split_whitespace();
         let mut command = match wrap.next() {
             Some(program) => {
                 let mut c = Command::new(program);
-                c.args(wrap).arg(env!("CARGO_BIN_EXE_wal-listener"));
+                c.args(wrap).arg(&binary);
                 c
             }
-            None => Command::new(env!("CARGO_BIN_EXE_wal-listener")),
+            None => Command::new(&binary),
         };
         let child = command
             .arg("-c")

@@ -8,7 +8,10 @@
 //! (mlua 0.12, measured on our 2-core machines).
 //!
 //! Limits: an instruction budget per call, enforced by a count hook, and a memory cap on the
-//! state. Exceeding either is a [`RouteError`], never a hang or a crash.
+//! state. Exceeding either is a [`RouteError`], never a hang or a crash. The cap applies to the
+//! script's own allocations: what the host builds for it (the event's fields, the userdata) and
+//! the reading of its answer run with the cap lifted, because under a cap mlua makes every
+//! allocating API call a protected call (see `handoff.rs`).
 //!
 //! The built-in default script (`scripts/default.lua`) and the `wal` library
 //! (`scripts/wal.lua`) are compiled into the binary: YAML-only mode *is* the default script.

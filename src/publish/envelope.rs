@@ -113,6 +113,7 @@ const WAL_XID: HeaderName = HeaderName::from_static("Wal-Xid");
 const WAL_SCHEMA: HeaderName = HeaderName::from_static("Wal-Schema");
 const WAL_TABLE: HeaderName = HeaderName::from_static("Wal-Table");
 const WAL_ACTION: HeaderName = HeaderName::from_static("Wal-Action");
+const WAL_BACKFILL: HeaderName = HeaderName::from_static("Wal-Backfill");
 pub(super) const CONTENT_TYPE: HeaderName = HeaderName::from_static("Content-Type");
 
 fn base_headers(event: &ChangeEvent, msg_id: String) -> HeaderMap {
@@ -125,6 +126,9 @@ fn base_headers(event: &ChangeEvent, msg_id: String) -> HeaderMap {
     headers.insert(WAL_SCHEMA, &*flat(&event.schema));
     headers.insert(WAL_TABLE, &*flat(&event.table));
     headers.insert(WAL_ACTION, event.action.as_str());
+    if let Some(read) = &event.backfill {
+        headers.insert(WAL_BACKFILL, &*read.id);
+    }
     headers
 }
 

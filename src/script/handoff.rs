@@ -29,6 +29,7 @@ impl UserData for EventData {
         fields.add_field_method_get("action", |lua, e| action_string(lua, e.0.action));
         fields.add_field_method_get("lsn", |lua, e| lua.create_string(&e.0.text.lsn));
         fields.add_field_method_get("xid", |_, e| Ok(i64::from(e.0.xid)));
+        fields.add_field_method_get("backfill", |_, e| Ok(e.0.backfill.as_ref().map(|b| b.id.to_string())));
         fields.add_field_method_get("commitTime", |lua, e| lua.create_string(e.0.commit_time_text()));
         fields.add_field_method_get("data", |lua, e| row_table(lua, &e.0.data));
         fields.add_field_method_get("dataOld", |lua, e| row_table(lua, &e.0.data_old));
@@ -54,7 +55,7 @@ pub(crate) struct NameStrings {
     /// By the address of the relation's shared name (the `Arc` kept here keeps the address
     /// from being reused for another name).
     names: HashMap<usize, (Arc<str>, mlua::LuaString)>,
-    actions: [Option<mlua::LuaString>; 5],
+    actions: [Option<mlua::LuaString>; 6],
 }
 
 /// Relations whose names are kept; past this the cache starts over.

@@ -19,6 +19,10 @@
 //! a standby; a fatal one ends the process with a message saying what to fix.
 //! `scripts.onError: halt` ends a session like a shutdown does: what came before the failed
 //! change is published and confirmed, then the session is retried at that change.
+//!
+//! With JetStream, a session also runs the backfill runner ([`crate::backfill`]) beside the
+//! stream: its chunks reach the transform through a handoff and its watermarks through the
+//! WAL, so backfilled rows join the stream at the right place and follow the same window.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,7 +34,7 @@ use tokio_util::task::AbortOnDropHandle;
 
 use crate::backfill::merge::{Handoff, Merge};
 use crate::backfill::runner::Runner;
-use crate::backfill::store::Store;
+use crate::backfill::store::Lazy;
 use crate::config::Config;
 use crate::error::{Disposition, Error, Kind, Result};
 use crate::lsn::Lsn;
@@ -190,7 +194,7 @@ async fn start(
     // Backfills keep their progress in a KV bucket beside the stream: JetStream only.
     let (hooks, backfill) = match nats {
         Some(client) => {
-            let store = Store::open(&client, &config.listener.slot_name, config.publisher.replicas).await?;
+            let store = Arc::new(Lazy::new(client, &config.listener.slot_name, config.publisher.replicas));
             let handoff = Handoff::default();
             let wake = Arc::new(tokio::sync::Notify::new());
             let runner = Runner::new(pg.clone(), store.clone(), handoff.clone(), wake.clone());

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use crate::backfill::merge::Merge;
-use crate::backfill::store::Store;
+use crate::backfill::store::Lazy;
 use crate::backfill::{self, Control};
 use crate::config::{Config, PublisherKind};
 use crate::decode;
@@ -74,7 +74,7 @@ pub(crate) struct Backfills {
 /// What a session streaming into JetStream gives the transform for backfills.
 pub(crate) struct BackfillHooks {
     pub merge: Merge,
-    pub store: Store,
+    pub store: Arc<Lazy>,
     /// Wakes the runner when a request or cancellation is stored.
     pub wake: Arc<tokio::sync::Notify>,
 }
@@ -221,7 +221,7 @@ impl Transform {
                 tracing::info!(backfill = %request.id, tables = request.tables.len(), "backfill requested");
                 let (store, wake) = (hooks.store.clone(), hooks.wake.clone());
                 out.push(Outbound::Durable(Box::pin(async move {
-                    store.record(&request).await?;
+                    store.get_or_create().await?.record(&request).await?;
                     wake.notify_one();
                     Ok(())
                 })));
@@ -229,7 +229,12 @@ impl Transform {
             Control::Cancel { slot: to, id } if to == slot => {
                 let (store, wake) = (hooks.store.clone(), hooks.wake.clone());
                 out.push(Outbound::Durable(Box::pin(async move {
-                    if store.cancel(&id).await? {
+                    // No bucket: nothing was ever requested here, so there is nothing to cancel.
+                    let cancelled = match store.existing().await {
+                        Some(store) => store.cancel(&id).await?,
+                        None => false,
+                    };
+                    if cancelled {
                         tracing::info!(backfill = %id, "backfill cancellation stored");
                     }
                     wake.notify_one();

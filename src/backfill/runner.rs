@@ -18,7 +18,7 @@ use crate::metrics;
 use crate::source::sql;
 
 use super::merge::{ChunkEnd, Expected, Handoff};
-use super::store::{Backfill, Status, Store, now};
+use super::store::{Backfill, Lazy, Status, Store, now};
 use super::{Control, PREFIX, table};
 
 /// How long the runner waits after a failure, and between looks at the bucket when idle.
@@ -27,7 +27,9 @@ const PAUSE: Duration = Duration::from_secs(5);
 pub(crate) struct Runner {
     /// Pinned to the primary.
     config: Config,
-    store: Store,
+    stores: Arc<Lazy>,
+    /// The bucket, once it exists.
+    store: Option<Store>,
     handoff: Handoff,
     wake: Arc<Notify>,
     /// Makes chunk ids unique to this runner: watermarks of earlier sessions replayed from
@@ -43,10 +45,11 @@ enum Outcome {
 }
 
 impl Runner {
-    pub fn new(config: Config, store: Store, handoff: Handoff, wake: Arc<Notify>) -> Runner {
+    pub fn new(config: Config, stores: Arc<Lazy>, handoff: Handoff, wake: Arc<Notify>) -> Runner {
         Runner {
             config,
-            store,
+            stores,
+            store: None,
             handoff,
             wake,
             nonce: super::new_id(),
@@ -76,7 +79,13 @@ impl Runner {
 
     /// Run the oldest unfinished backfill; `false` when there is none.
     async fn next(&mut self) -> Result<bool> {
-        let Some(backfill) = self.store.list().await?.into_iter().find(|b| !b.status.finished()) else {
+        if self.store.is_none() {
+            self.store = self.stores.existing().await.cloned();
+        }
+        let Some(store) = &self.store else {
+            return Ok(false);
+        };
+        let Some(backfill) = store.list().await?.into_iter().find(|b| !b.status.finished()) else {
             return Ok(false);
         };
         let client = sql::connect(&self.config).await?;
@@ -94,7 +103,7 @@ impl Runner {
         if b.status == Status::Queued {
             b.status = Status::Running;
             b.started_at = Some(now());
-            self.store.put(&b).await?;
+            self.store()?.put(&b).await?;
             let tables: Vec<String> = b.tables.iter().map(|t| t.name.to_string()).collect();
             tracing::info!(backfill = %b.id, tables = ?tables, r#where = b.filter.as_deref().unwrap_or(""), "backfill started");
         } else {
@@ -109,7 +118,7 @@ impl Runner {
             Outcome::Finished => {
                 b.status = Status::Done;
                 b.finished_at = Some(now());
-                self.store.put(&b).await?;
+                self.store()?.put(&b).await?;
                 tracing::info!(backfill = %b.id, rows = b.rows(), took = ?started.elapsed(), "backfill done");
             }
         }
@@ -132,7 +141,7 @@ impl Runner {
                     let t = &mut b.tables[index];
                     t.done = true;
                     t.skipped = Some(reason);
-                    self.store.put(b).await?;
+                    self.store()?.put(b).await?;
                     continue;
                 }
                 Err(reason) => return self.fail(b, reason).await,
@@ -142,10 +151,10 @@ impl Runner {
             }
             let started = Instant::now();
             loop {
-                if self.store.cancelled(&b.id).await? {
+                if self.store()?.cancelled(&b.id).await? {
                     b.status = Status::Cancelled;
                     b.finished_at = Some(now());
-                    self.store.put(b).await?;
+                    self.store()?.put(b).await?;
                     return Ok(Outcome::Cancelled);
                 }
                 metrics::backfill_running(true, b.rows_left());
@@ -205,7 +214,7 @@ impl Runner {
                 let (done, rows, chunks) = (t.done, t.rows, t.chunks);
                 // Saved only now that the chunk's events are acknowledged: a crash before
                 // this reads the chunk again (same event ids), never skips it.
-                self.store.put(b).await?;
+                self.store()?.put(b).await?;
                 tracing::debug!(backfill = %b.id, table = %name, rows, chunks, "backfill chunk done");
                 if done {
                     tracing::info!(backfill = %b.id, table = %name, rows, chunks, took = ?started.elapsed(), "table backfilled");
@@ -216,12 +225,18 @@ impl Runner {
         Ok(Outcome::Finished)
     }
 
+    fn store(&self) -> Result<&Store> {
+        self.store
+            .as_ref()
+            .ok_or_else(|| Error::new(Kind::NatsUnavailable, "the backfill bucket is not open"))
+    }
+
     async fn fail(&self, b: &mut Backfill, reason: String) -> Result<Outcome> {
         tracing::error!(backfill = %b.id, "backfill failed: {reason}");
         b.status = Status::Failed;
         b.error = Some(reason);
         b.finished_at = Some(now());
-        self.store.put(b).await?;
+        self.store()?.put(b).await?;
         Ok(Outcome::Finished)
     }
 }

@@ -134,6 +134,42 @@ pub struct Store {
     kv: kv::Store,
 }
 
+/// The slot's bucket, opened when first needed: a service that never backfills needs no
+/// KV rights on the NATS account, and no bucket is created for it.
+pub struct Lazy {
+    client: async_nats::Client,
+    slot: String,
+    replicas: usize,
+    store: tokio::sync::OnceCell<Store>,
+}
+
+impl Lazy {
+    pub fn new(client: async_nats::Client, slot: &str, replicas: usize) -> Lazy {
+        Lazy {
+            client,
+            slot: slot.to_owned(),
+            replicas,
+            store: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// The bucket, created if missing (to record a request).
+    pub async fn get_or_create(&self) -> Result<&Store> {
+        self.store
+            .get_or_try_init(|| Store::open(&self.client, &self.slot, self.replicas))
+            .await
+    }
+
+    /// The bucket if it exists (`None`: no backfill was ever requested on this slot).
+    pub async fn existing(&self) -> Option<&Store> {
+        if let Some(store) = self.store.get() {
+            return Some(store);
+        }
+        let store = Store::existing(&self.client, &self.slot).await?;
+        Some(self.store.get_or_init(|| async { store }).await)
+    }
+}
+
 /// The bucket's name for `slot` (slot names are `[a-z0-9_]`, valid in bucket names).
 pub fn bucket(slot: &str) -> String {
     format!("wal_listener_backfill_{slot}")

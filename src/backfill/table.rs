@@ -43,6 +43,39 @@ pub struct Chunk {
     pub in_progress: Vec<u32>,
 }
 
+/// The tables a snapshot reads: the published ones the filter selects for inserts (or
+/// reads), every published one without a filter.
+pub async fn selected(
+    config: &crate::config::Config,
+    client: &Client,
+) -> Result<Vec<TableName>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1 ORDER BY 1, 2",
+            &[&config.listener.publication],
+        )
+        .await?;
+    let filter = &config.listener.filter.tables;
+    let selected = |t: &TableName| {
+        filter.is_empty()
+            || [t.to_string(), t.table.clone()].iter().any(|name| {
+                filter.get(name).is_some_and(|actions| {
+                    actions
+                        .iter()
+                        .any(|a| a.eq_ignore_ascii_case("insert") || a.eq_ignore_ascii_case("read"))
+                })
+            })
+    };
+    Ok(rows
+        .iter()
+        .map(|r| TableName {
+            schema: r.get(0),
+            table: r.get(1),
+        })
+        .filter(selected)
+        .collect())
+}
+
 /// Resolve `name` (`schema.table`, or a bare name on the search path) to a table.
 pub async fn resolve(client: &Client, name: &str) -> Result<TableName, String> {
     let row = client

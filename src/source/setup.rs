@@ -2,7 +2,7 @@
 //! create the publication (`FOR ALL TABLES`) and the pgoutput slot if they are missing, and
 //! read where the slot stands.
 
-use crate::backfill::{self, Control, Request, TableName};
+use crate::backfill::{self, Control, Request};
 use crate::config::{Config, Snapshot};
 use crate::error::{Disposition, Error, Kind, Result};
 use crate::lsn::Lsn;
@@ -236,34 +236,7 @@ async fn create_slot(client: &tokio_postgres::Client, name: &str, failover: bool
 /// selects for inserts (every published table without a filter), through the WAL right after
 /// the slot's start, so it comes before every change the slot streams.
 async fn request_snapshot(config: &Config, client: &tokio_postgres::Client) -> Result<()> {
-    let rows = client
-        .query(
-            "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1 ORDER BY 1, 2",
-            &[&config.listener.publication],
-        )
-        .await
-        .map_err(sql::classify)?;
-    let filter = &config.listener.filter.tables;
-    let selected = |schema: &str, table: &str| {
-        if filter.is_empty() {
-            return true;
-        }
-        [format!("{schema}.{table}"), table.to_owned()].iter().any(|name| {
-            filter.get(name).is_some_and(|actions| {
-                actions
-                    .iter()
-                    .any(|a| a.eq_ignore_ascii_case("insert") || a.eq_ignore_ascii_case("read"))
-            })
-        })
-    };
-    let tables: Vec<TableName> = rows
-        .iter()
-        .map(|r| TableName {
-            schema: r.get(0),
-            table: r.get(1),
-        })
-        .filter(|t| selected(&t.schema, &t.table))
-        .collect();
+    let tables = backfill::table::selected(config, client).await.map_err(sql::classify)?;
     if tables.is_empty() {
         tracing::info!("listener.snapshot: initial, but no published table is selected; nothing to backfill");
         return Ok(());

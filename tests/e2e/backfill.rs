@@ -347,7 +347,8 @@ async fn kill9_twice_during_a_backfill_resumes_without_duplicates() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn any_key_type_where_cancel_and_clear_refusals() {
     let (pg, nats) = blocking(|| (PgCluster::start(), NatsServer::start()));
-    let setup = Setup::new("bfkeys");
+    let mut setup = Setup::new("bfkeys");
+    setup.server_port = crate::support::free_port();
     pg.psql(&format!(
         "CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy'); \
          CREATE TABLE comp (name text COLLATE \"C\", n int, v text, PRIMARY KEY (name, n)); \
@@ -360,8 +361,15 @@ async fn any_key_type_where_cancel_and_clear_refusals() {
          CREATE PUBLICATION {} FOR TABLE comp, moods, uu, nokey, slow;",
         setup.publication
     ));
-    let mut service = Service::start(&setup.yaml(&pg, &nats));
+    let yaml = setup.yaml(&pg, &nats);
+    let mut service = Service::start(&yaml);
     blocking(|| wait_streaming(&pg, &setup.slot, &mut service));
+    let (_, checked) = blocking(|| crate::support::service::check_connect(&yaml, &[]));
+    assert!(
+        checked.contains("ok: backfill: 4 of 5 selected table(s) can be backfilled")
+            && checked.contains("warning: backfill: table public.nokey has no primary key"),
+        "{checked}"
+    );
 
     let (code, out) = backfill(&service, &["--table", "nokey"]);
     assert_eq!(code, 1, "{out}");
@@ -450,6 +458,13 @@ async fn any_key_type_where_cancel_and_clear_refusals() {
         .map(|d| d["id"].as_str().unwrap_or_default().to_owned())
         .collect();
     assert_eq!(got, uuids);
+    let port = setup.server_port;
+    let (_, metrics) = blocking(|| crate::support::http::get(port, "/metrics")).expect("metrics");
+    assert_eq!(
+        crate::support::http::sample(&metrics, "wal_listener_backfill_rows_total{app=\"wal-listener\",table=\"public.comp\"}"),
+        Some(42.0),
+        "{metrics}"
+    );
 
     // Cancel a slow one (small chunks) while it runs.
     let (code, out) = backfill(&service, &["--table", "slow", "--chunk-size", "50"]);

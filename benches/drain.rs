@@ -15,7 +15,9 @@
 //!    pattern), over the first 20,000 rows;
 //! 3. peak RSS while publishing one 1,000,000-row transaction;
 //! 4. commit → delivery latency p50/p99 under a steady 5,000 rows/s insert load (measured by a
-//!    subscriber: commitTime in the payload vs arrival, which follows the PubAck by a hair).
+//!    subscriber: commitTime in the payload vs arrival, which follows the PubAck by a hair);
+//! 5. a backfill of 1,000,000 rows against `COPY … TO /dev/null` and the INSERT drain of the
+//!    same rows (`drain/backfill.rs`; `BENCH_ONLY=backfill` runs only this one).
 //!
 //! Set `BENCH_ROWS` to change the backlog size (default 200000), `BENCH_ONLY=drain` to stop after
 //! the first comparison, `BENCH_WINDOW` for another `publisher.maxInFlight` (default: the
@@ -26,6 +28,9 @@ const DEFAULT_WINDOW: usize = 1024;
 
 #[path = "../tests/support/mod.rs"]
 mod support;
+
+#[path = "drain/backfill.rs"]
+mod drain_backfill;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -49,6 +54,9 @@ async fn run() {
         .unwrap_or(200_000);
     let pg = PgCluster::start();
     let nats = NatsServer::start();
+    if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "backfill") {
+        return drain_backfill::backfill_case(&pg, &nats).await;
+    }
     pg.psql("CREATE TABLE bench (id int8 PRIMARY KEY, note text, at timestamptz DEFAULT now()); CREATE PUBLICATION pub_bench FOR ALL TABLES;");
 
     // 1 + 2: slots created before the backlog is written.
@@ -159,6 +167,9 @@ async fn run() {
 
     // 4: latency under a steady load.
     latency(&pg, &nats).await;
+
+    // 5: a backfill against COPY and the INSERT drain.
+    drain_backfill::backfill_case(&pg, &nats).await;
 }
 
 /// 3: peak RSS while publishing one 1,000,000-row transaction.

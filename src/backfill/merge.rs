@@ -44,36 +44,35 @@ struct Pending {
 }
 
 /// Shared by the runner (registers chunks, hands rows over) and the transform (takes them at
-/// the watermarks). One chunk at a time.
+/// the watermarks). The runner keeps at most two chunks here: one whose high watermark the
+/// stream has yet to reach, and the next one being read.
 #[derive(Clone, Default)]
-pub struct Handoff(Arc<Mutex<Option<Pending>>>);
+pub struct Handoff(Arc<Mutex<VecDeque<Pending>>>);
 
 impl Handoff {
     pub fn register(&self, expected: Expected) {
-        *self.lock() = Some(Pending { expected, rows: None });
+        self.lock().push_back(Pending { expected, rows: None });
     }
 
     /// The rows of the registered chunk `chunk`.
     pub fn fill(&self, chunk: &str, rows: Chunk) {
-        if let Some(pending) = self.lock().as_mut()
-            && pending.expected.chunk == chunk
-        {
+        if let Some(pending) = self.lock().iter_mut().find(|p| p.expected.chunk == chunk) {
             pending.rows = Some(rows);
         }
     }
 
-    /// Forget the registered chunk (the runner gave up on it).
+    /// Forget every registered chunk (the runner gave up on them).
     pub fn clear(&self) {
-        *self.lock() = None;
+        self.lock().clear();
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Pending>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Pending>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn is(&self, chunk: &str) -> Option<(String, String, Vec<String>, Vec<u32>)> {
         let guard = self.lock();
-        let pending = guard.as_ref().filter(|p| p.expected.chunk == chunk)?;
+        let pending = guard.iter().find(|p| p.expected.chunk == chunk)?;
         let plan = &pending.expected.plan;
         Some((
             plan.name.schema.clone(),
@@ -85,11 +84,8 @@ impl Handoff {
 
     fn take(&self, chunk: &str) -> Option<Pending> {
         let mut guard = self.lock();
-        if guard.as_ref().is_some_and(|p| p.expected.chunk == chunk) {
-            guard.take()
-        } else {
-            None
-        }
+        let index = guard.iter().position(|p| p.expected.chunk == chunk)?;
+        guard.remove(index)
     }
 }
 

@@ -38,10 +38,14 @@ pub(crate) struct Runner {
     chunks: u64,
 }
 
-/// What ended a backfill's run.
-enum Outcome {
-    Finished,
-    Cancelled,
+/// A chunk read and handed over to the transform.
+struct Read {
+    chunk: String,
+    /// Rows read (fewer than the chunk size: the table's end).
+    read: usize,
+    /// The key of its last row.
+    last: Option<Vec<String>>,
+    ended: oneshot::Receiver<ChunkEnd>,
 }
 
 impl Runner {
@@ -109,13 +113,13 @@ impl Runner {
         } else {
             tracing::info!(backfill = %b.id, rows = b.rows(), "backfill resumed");
         }
-        let outcome = self.tables(client, &mut b).await?;
-        match outcome {
-            Outcome::Cancelled => {
+        self.tables(client, &mut b).await?;
+        match b.status {
+            Status::Cancelled => {
                 tracing::info!(backfill = %b.id, rows = b.rows(), "backfill cancelled");
             }
-            Outcome::Finished if b.status == Status::Failed => {}
-            Outcome::Finished => {
+            Status::Failed => {}
+            _ => {
                 b.status = Status::Done;
                 b.finished_at = Some(now());
                 self.store()?.put(&b).await?;
@@ -126,7 +130,8 @@ impl Runner {
         Ok(())
     }
 
-    async fn tables(&mut self, client: &tokio_postgres::Client, b: &mut Backfill) -> Result<Outcome> {
+    /// Read the tables still to do; returns early when the backfill stops (its status says why).
+    async fn tables(&mut self, client: &tokio_postgres::Client, b: &mut Backfill) -> Result<()> {
         let chunk_size = b.chunk_size.unwrap_or(self.config.listener.backfill_chunk_size).max(1);
         let id: Arc<str> = Arc::from(b.id.as_str());
         for index in 0..b.tables.len() {
@@ -150,46 +155,36 @@ impl Runner {
                 b.tables[index].estimate = plan.estimate;
             }
             let started = Instant::now();
+            // While one chunk's events are published, the next chunk is read (its SELECT done,
+            // its high watermark not yet written): the stream is not kept waiting for reads,
+            // and after a crash at most the one unsaved chunk is published again.
+            let mut next: Option<Read> = None;
+            let mut after = b.tables[index].last_key.clone();
             loop {
-                if self.store()?.cancelled(&b.id).await? {
-                    b.status = Status::Cancelled;
-                    b.finished_at = Some(now());
-                    self.store()?.put(b).await?;
-                    return Ok(Outcome::Cancelled);
-                }
-                metrics::backfill_running(true, b.rows_left());
-                let after = b.tables[index].last_key.clone();
-                self.chunks += 1;
-                let chunk = format!("{}-{}", self.nonce, self.chunks);
-                let (done, ended) = oneshot::channel();
-                self.handoff.register(Expected {
-                    chunk: chunk.clone(),
-                    backfill: id.clone(),
-                    plan: plan.clone(),
-                    done,
-                });
-                emit(client, &Control::Low { chunk: chunk.clone() }).await?;
-                let rows = match plan
-                    .read(client, b.filter.as_deref(), after.as_deref(), chunk_size)
-                    .await
-                {
-                    Ok(rows) => rows,
-                    Err(e) if e.as_db_error().is_some() => {
-                        self.handoff.clear();
-                        let reason = format!("reading {name} failed: {}", sql::db_error_text(&e));
-                        return self.fail(b, reason).await;
-                    }
-                    Err(e) => return Err(sql::classify(e)),
+                let current = match next.take() {
+                    Some(read) => read,
+                    None => match self.read(client, b, &plan, &id, after.as_deref(), chunk_size).await? {
+                        Some(read) => read,
+                        None => return Ok(()),
+                    },
                 };
-                let read = rows.rows.len();
-                let width = plan.columns.len();
-                let last: Option<Vec<String>> = rows
-                    .rows
-                    .last()
-                    .map(|row| row.iter().skip(width).map(|v| v.clone().unwrap_or_default()).collect());
-                self.handoff.fill(&chunk, rows);
-                emit(client, &Control::High { chunk }).await?;
-                let end = ended.await.map_err(|_| {
+                emit(
+                    client,
+                    &Control::High {
+                        chunk: current.chunk.clone(),
+                    },
+                )
+                .await?;
+                if current.read == chunk_size as usize {
+                    next = match self
+                        .read(client, b, &plan, &id, current.last.as_deref(), chunk_size)
+                        .await?
+                    {
+                        Some(read) => Some(read),
+                        None => return Ok(()),
+                    };
+                }
+                let end = current.ended.await.map_err(|_| {
                     Error::new(
                         Kind::PgUnavailable,
                         "the stream ended before the chunk's high watermark",
@@ -198,16 +193,22 @@ impl Runner {
                 let t = &mut b.tables[index];
                 match end {
                     ChunkEnd::Retry => {
+                        // Read it again; the one read after it assumed it was done.
                         tracing::debug!(backfill = %b.id, table = %name, "chunk read again: a transaction was finishing when it was read");
+                        if next.take().is_some() {
+                            self.handoff.clear();
+                        }
+                        after = t.last_key.clone();
                         continue;
                     }
                     ChunkEnd::Published { rows } => {
                         t.rows += rows as u64;
                         t.chunks += 1;
-                        if let Some(last) = last {
+                        if let Some(last) = current.last {
                             t.last_key = Some(last);
                         }
-                        t.done = read < chunk_size as usize;
+                        t.done = current.read < chunk_size as usize;
+                        after = t.last_key.clone();
                         metrics::backfill_chunk(&name.to_string(), rows);
                     }
                 }
@@ -222,7 +223,61 @@ impl Runner {
                 }
             }
         }
-        Ok(Outcome::Finished)
+        Ok(())
+    }
+
+    /// Read the chunk after `after` behind its low watermark and hand it to the transform
+    /// (the caller writes its high watermark). `None`: the backfill stopped — cancelled, or
+    /// failed for good — as recorded in its status.
+    async fn read(
+        &mut self,
+        client: &tokio_postgres::Client,
+        b: &mut Backfill,
+        plan: &Arc<table::Plan>,
+        backfill: &Arc<str>,
+        after: Option<&[String]>,
+        chunk_size: u32,
+    ) -> Result<Option<Read>> {
+        if self.store()?.cancelled(&b.id).await? {
+            b.status = Status::Cancelled;
+            b.finished_at = Some(now());
+            self.store()?.put(b).await?;
+            return Ok(None);
+        }
+        metrics::backfill_running(true, b.rows_left());
+        self.chunks += 1;
+        let chunk = format!("{}-{}", self.nonce, self.chunks);
+        let (done, ended) = oneshot::channel();
+        self.handoff.register(Expected {
+            chunk: chunk.clone(),
+            backfill: backfill.clone(),
+            plan: plan.clone(),
+            done,
+        });
+        emit(client, &Control::Low { chunk: chunk.clone() }).await?;
+        let rows = match plan.read(client, b.filter.as_deref(), after, chunk_size).await {
+            Ok(rows) => rows,
+            Err(e) if e.as_db_error().is_some() => {
+                self.handoff.clear();
+                let reason = format!("reading {} failed: {}", plan.name, sql::db_error_text(&e));
+                self.fail(b, reason).await?;
+                return Ok(None);
+            }
+            Err(e) => return Err(sql::classify(e)),
+        };
+        let read = rows.rows.len();
+        let width = plan.columns.len();
+        let last: Option<Vec<String>> = rows
+            .rows
+            .last()
+            .map(|row| row.iter().skip(width).map(|v| v.clone().unwrap_or_default()).collect());
+        self.handoff.fill(&chunk, rows);
+        Ok(Some(Read {
+            chunk,
+            read,
+            last,
+            ended,
+        }))
     }
 
     fn store(&self) -> Result<&Store> {
@@ -231,13 +286,13 @@ impl Runner {
             .ok_or_else(|| Error::new(Kind::NatsUnavailable, "the backfill bucket is not open"))
     }
 
-    async fn fail(&self, b: &mut Backfill, reason: String) -> Result<Outcome> {
+    async fn fail(&self, b: &mut Backfill, reason: String) -> Result<()> {
         tracing::error!(backfill = %b.id, "backfill failed: {reason}");
         b.status = Status::Failed;
         b.error = Some(reason);
         b.finished_at = Some(now());
         self.store()?.put(b).await?;
-        Ok(Outcome::Finished)
+        Ok(())
     }
 }
 

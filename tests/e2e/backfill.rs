@@ -461,7 +461,10 @@ async fn any_key_type_where_cancel_and_clear_refusals() {
     let port = setup.server_port;
     let (_, metrics) = blocking(|| crate::support::http::get(port, "/metrics")).expect("metrics");
     assert_eq!(
-        crate::support::http::sample(&metrics, "wal_listener_backfill_rows_total{app=\"wal-listener\",table=\"public.comp\"}"),
+        crate::support::http::sample(
+            &metrics,
+            "wal_listener_backfill_rows_total{app=\"wal-listener\",table=\"public.comp\"}"
+        ),
         Some(42.0),
         "{metrics}"
     );

@@ -522,3 +522,54 @@ async fn a_standby_that_takes_over_finishes_the_backfill() {
     assert!(second.log().contains("backfill resumed"), "log:\n{}", second.log());
     assert!(blocking(|| second.terminate()).success());
 }
+
+/// A NATS restart (graceful) and a PostgreSQL restart (immediate: a crash) in the middle of a
+/// backfill: the service reconnects, the backfill resumes from its saved progress and
+/// finishes, every row once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_survives_nats_and_postgres_restarts() {
+    let (mut pg, mut nats) = blocking(|| (PgCluster::start(), NatsServer::start()));
+    let rows = 30_000u64;
+    pg.psql(&format!(
+        "CREATE TABLE t (id int8 PRIMARY KEY, v text); INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, {rows}) g;"
+    ));
+    let setup = Setup::new("bfrestart");
+    let mut service = Service::start(&setup.yaml(&pg, &nats));
+    blocking(|| wait_streaming(&pg, &setup.slot, &mut service));
+    let (code, out) = backfill(&service, &["--table", "t", "--chunk-size", "500"]);
+    assert_eq!(code, 0, "{out}");
+    let id = requested_id(&out);
+    wait_len(&nats, &setup.topic, 5_000).await;
+    blocking(|| {
+        nats.stop();
+        std::thread::sleep(Duration::from_secs(2));
+        nats.start_again();
+    });
+    wait_len(&nats, &setup.topic, 12_000).await;
+    blocking(|| {
+        pg.stop_immediate();
+        pg.start_again();
+    });
+    wait_backfill_status(&nats, &setup.slot, &id, "done").await;
+    let messages = nats.stream_messages_fast(&setup.topic).await;
+    let keys: Vec<i64> = messages
+        .iter()
+        .map(|m| m.json()["data"]["id"].as_i64().unwrap_or(-1))
+        .collect();
+    assert_eq!(
+        keys,
+        (1..=rows as i64).collect::<Vec<_>>(),
+        "every row once, in key order"
+    );
+    assert!(service.is_running(), "log:\n{}", service.log());
+    let log = service.log();
+    assert!(log.contains("backfill resumed"), "log:\n{log}");
+    assert!(blocking(|| service.terminate()).success());
+}
+
+async fn wait_len(nats: &NatsServer, topic: &str, n: u64) {
+    wait_until("backfilled rows to arrive", DEADLINE, || async move {
+        nats.stream_len(topic).await.unwrap_or(0) >= n
+    })
+    .await;
+}

@@ -156,12 +156,9 @@ fn run(config: Config, warnings: &[String]) -> ExitCode {
         tracing::warn!("{warning}");
     }
     app::log_start(&config);
-    let rt = match runtime() {
+    let rt = match started_runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("wal-listener: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let result = rt.block_on(async {
         let shutdown = CancellationToken::new();
@@ -182,13 +179,19 @@ fn run(config: Config, warnings: &[String]) -> ExitCode {
     }
 }
 
+/// [`runtime`], or the exit code after saying why there is none.
+fn started_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    runtime().map_err(|e| {
+        eprintln!("wal-listener: cannot start the async runtime: {e}");
+        ExitCode::FAILURE
+    })
+}
+
+/// `backfill`: request, watch, list or cancel backfills.
 fn backfill(config: &Config, args: wal_listener::backfill::cli::Args) -> ExitCode {
-    let rt = match runtime() {
+    let rt = match started_runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("wal-listener: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     match rt.block_on(wal_listener::backfill::cli::run(config, args)) {
         Ok(()) => ExitCode::SUCCESS,

@@ -296,9 +296,7 @@ async fn kill9_twice_during_a_backfill_resumes_without_duplicates() {
     let (pg, nats) = blocking(|| (PgCluster::start(), NatsServer::start()));
     let rows = 40_000u64;
     let chunk = 1000u64;
-    pg.psql(&format!(
-        "CREATE TABLE t (id int8 PRIMARY KEY, v text); INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, {rows}) g;"
-    ));
+    numbered_rows(&pg, rows);
     let setup = Setup::new("bfkill");
     let mut service = Service::start(&setup.yaml(&pg, &nats));
     blocking(|| wait_streaming(&pg, &setup.slot, &mut service));
@@ -324,17 +322,7 @@ async fn kill9_twice_during_a_backfill_resumes_without_duplicates() {
         blocking(|| service.start_again());
     }
     let record = wait_backfill_status(&nats, &setup.slot, &id, "done").await;
-    let messages = nats.stream_messages_fast(&setup.topic).await;
-    let keys: Vec<i64> = messages
-        .iter()
-        .map(|m| m.json()["data"]["id"].as_i64().unwrap_or(-1))
-        .collect();
-    assert_eq!(
-        keys.len() as u64,
-        rows,
-        "every row once (duplicates dropped by Nats-Msg-Id)"
-    );
-    assert_eq!(keys, (1..=rows as i64).collect::<Vec<_>>());
+    assert_every_row_once_in_order(&nats, &setup.topic, rows).await;
     assert_eq!(record["tables"][0]["rows"].as_u64(), Some(rows), "{record}");
     let log = service.log();
     assert_eq!(log.matches("backfill resumed").count(), 2, "log:\n{log}");
@@ -491,9 +479,7 @@ async fn any_key_type_where_cancel_and_clear_refusals() {
 async fn a_standby_that_takes_over_finishes_the_backfill() {
     let (pg, nats) = blocking(|| (PgCluster::start(), NatsServer::start()));
     let rows = 30_000u64;
-    pg.psql(&format!(
-        "CREATE TABLE t (id int8 PRIMARY KEY, v text); INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, {rows}) g;"
-    ));
+    numbered_rows(&pg, rows);
     let setup = Setup::new("bfstandby");
     let yaml = setup.yaml(&pg, &nats);
     let mut first = Service::start(&yaml);
@@ -509,16 +495,7 @@ async fn a_standby_that_takes_over_finishes_the_backfill() {
     .await;
     blocking(|| first.kill());
     wait_backfill_status(&nats, &setup.slot, &id, "done").await;
-    let messages = nats.stream_messages_fast(&setup.topic).await;
-    let keys: Vec<i64> = messages
-        .iter()
-        .map(|m| m.json()["data"]["id"].as_i64().unwrap_or(-1))
-        .collect();
-    assert_eq!(
-        keys,
-        (1..=rows as i64).collect::<Vec<_>>(),
-        "every row once, in key order"
-    );
+    assert_every_row_once_in_order(&nats, &setup.topic, rows).await;
     assert!(second.log().contains("backfill resumed"), "log:\n{}", second.log());
     assert!(blocking(|| second.terminate()).success());
 }
@@ -530,9 +507,7 @@ async fn a_standby_that_takes_over_finishes_the_backfill() {
 async fn a_backfill_survives_nats_and_postgres_restarts() {
     let (mut pg, mut nats) = blocking(|| (PgCluster::start(), NatsServer::start()));
     let rows = 30_000u64;
-    pg.psql(&format!(
-        "CREATE TABLE t (id int8 PRIMARY KEY, v text); INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, {rows}) g;"
-    ));
+    numbered_rows(&pg, rows);
     let setup = Setup::new("bfrestart");
     let mut service = Service::start(&setup.yaml(&pg, &nats));
     blocking(|| wait_streaming(&pg, &setup.slot, &mut service));
@@ -551,16 +526,7 @@ async fn a_backfill_survives_nats_and_postgres_restarts() {
         pg.start_again();
     });
     wait_backfill_status(&nats, &setup.slot, &id, "done").await;
-    let messages = nats.stream_messages_fast(&setup.topic).await;
-    let keys: Vec<i64> = messages
-        .iter()
-        .map(|m| m.json()["data"]["id"].as_i64().unwrap_or(-1))
-        .collect();
-    assert_eq!(
-        keys,
-        (1..=rows as i64).collect::<Vec<_>>(),
-        "every row once, in key order"
-    );
+    assert_every_row_once_in_order(&nats, &setup.topic, rows).await;
     assert!(service.is_running(), "log:\n{}", service.log());
     let log = service.log();
     assert!(log.contains("backfill resumed"), "log:\n{log}");
@@ -572,4 +538,23 @@ async fn wait_len(nats: &NatsServer, topic: &str, n: u64) {
         nats.stream_len(topic).await.unwrap_or(0) >= n
     })
     .await;
+}
+
+/// Table `t` with rows 1..=`rows`.
+fn numbered_rows(pg: &PgCluster, rows: u64) {
+    pg.psql(&format!(
+        "CREATE TABLE t (id int8 PRIMARY KEY, v text); INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, {rows}) g;"
+    ));
+}
+
+/// The stream holds table `t`'s rows 1..=`rows` once each (a chunk published again is
+/// dropped by `Nats-Msg-Id`), in key order.
+async fn assert_every_row_once_in_order(nats: &NatsServer, topic: &str, rows: u64) {
+    let messages = nats.stream_messages_fast(topic).await;
+    let keys: Vec<i64> = messages
+        .iter()
+        .map(|m| m.json()["data"]["id"].as_i64().unwrap_or(-1))
+        .collect();
+    assert_eq!(keys.len() as u64, rows, "every row once");
+    assert_eq!(keys, (1..=rows as i64).collect::<Vec<_>>(), "in key order");
 }

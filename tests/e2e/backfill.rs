@@ -457,8 +457,8 @@ async fn any_key_type_where_cancel_and_clear_refusals() {
         "{metrics}"
     );
 
-    // Cancel a slow one (small chunks) while it runs.
-    let (code, out) = backfill(&service, &["--table", "slow", "--chunk-size", "50"]);
+    // Cancel a slow one (2,000 chunks of 10 rows) while it runs.
+    let (code, out) = backfill(&service, &["--table", "slow", "--chunk-size", "10"]);
     assert_eq!(code, 0, "{out}");
     let id = requested_id(&out);
     wait_backfill_status(&nats, &setup.slot, &id, "running").await;

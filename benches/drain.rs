@@ -15,7 +15,9 @@
 //!    pattern), over the first 20,000 rows;
 //! 3. peak RSS while publishing one 1,000,000-row transaction;
 //! 4. commit → delivery latency p50/p99 under a steady 5,000 rows/s insert load (measured by a
-//!    subscriber: commitTime in the payload vs arrival, which follows the PubAck by a hair).
+//!    subscriber: commitTime in the payload vs arrival, which follows the PubAck by a hair);
+//! 5. a backfill of 1,000,000 rows against `COPY … TO /dev/null` and the INSERT drain of the
+//!    same rows (`drain/backfill.rs`; `BENCH_ONLY=backfill` runs only this one).
 //!
 //! Set `BENCH_ROWS` to change the backlog size (default 200000), `BENCH_ONLY=drain` to stop after
 //! the first comparison, `BENCH_WINDOW` for another `publisher.maxInFlight` (default: the
@@ -36,6 +38,8 @@ const DEFAULT_WINDOW: usize = 1024;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+#[path = "drain/backfill.rs"]
+mod drain_backfill;
 #[path = "drain/matrix.rs"]
 mod matrix;
 
@@ -61,6 +65,9 @@ async fn run() {
         .unwrap_or(200_000);
     let pg = PgCluster::start();
     let nats = NatsServer::start();
+    if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "backfill") {
+        return drain_backfill::backfill_case(&pg, &nats).await;
+    }
     pg.psql("CREATE TABLE bench (id int8 PRIMARY KEY, note text, at timestamptz DEFAULT now()); CREATE PUBLICATION pub_bench FOR ALL TABLES;");
     let repeat: usize = std::env::var("BENCH_REPEAT")
         .ok()
@@ -180,6 +187,9 @@ async fn run() {
 
     // 4: latency under a steady load.
     latency(&pg, &nats).await;
+
+    // 5: a backfill against COPY and the INSERT drain.
+    drain_backfill::backfill_case(&pg, &nats).await;
 }
 
 /// 3: peak RSS while publishing one 1,000,000-row transaction.
@@ -277,6 +287,12 @@ async fn drain(
     }
     tokio::task::block_in_place(|| service.terminate());
     (took, peak, user + system, system)
+}
+
+/// The process's CPU time so far (user + system), from /proc.
+fn cpu_seconds(pid: u32) -> f64 {
+    let (user, system) = cpu_split(pid);
+    user + system
 }
 
 /// The process's user and system CPU seconds so far, from /proc: robust against the machine's

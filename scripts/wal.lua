@@ -24,6 +24,11 @@ for name, actions in pairs(config.listener.filter.tables or {}) do
   for _, action in ipairs(actions) do
     allowed[string.upper(action)] = true
   end
+  -- A backfilled row (READ) is the row as it is, like an INSERT: a table that lists `insert`
+  -- gets its READ events too, so Go configs get backfilled rows without a change.
+  if allowed.INSERT then
+    allowed.READ = true
+  end
   filter[name] = allowed
 end
 

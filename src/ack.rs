@@ -105,6 +105,11 @@ impl<T> AckWindow<T> {
     }
 
     /// Whether the window holds `capacity` unreleased messages.
+    /// Every message numbered below this is acknowledged and released.
+    pub fn settled(&self) -> u64 {
+        self.base
+    }
+
     pub fn is_full(&self) -> bool {
         self.messages.len() >= self.capacity
     }

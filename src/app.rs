@@ -19,6 +19,10 @@
 //! a standby; a fatal one ends the process with a message saying what to fix.
 //! `scripts.onError: halt` ends a session like a shutdown does: what came before the failed
 //! change is published and confirmed, then the session is retried at that change.
+//!
+//! With JetStream, a session also runs the backfill runner ([`crate::backfill`]) beside the
+//! stream: its chunks reach the transform through a handoff and its watermarks through the
+//! WAL, so backfilled rows join the stream at the right place and follow the same window.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,6 +32,9 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
+use crate::backfill::merge::{Handoff, Merge};
+use crate::backfill::runner::Runner;
+use crate::backfill::store::Lazy;
 use crate::config::Config;
 use crate::error::{Disposition, Error, Kind, Result};
 use crate::lsn::Lsn;
@@ -36,7 +43,7 @@ use crate::publish::stage::PublishStage;
 use crate::script::reload;
 use crate::source::slot_watch::SlotWatch;
 use crate::source::{Catalog, Frame, PgwireReplication, Replication, setup};
-use crate::transform::{Outbound, Transform};
+use crate::transform::{BackfillHooks, Backfills, Outbound, Transform};
 use crate::{health, metrics};
 
 /// Batches buffered between the transform and the publish stage.
@@ -139,6 +146,8 @@ struct Session {
     publisher: AbortOnDropHandle<Result<()>>,
     /// Polls the slot: safety metrics, invalidation, stalls ([`crate::source::slot_watch`]).
     slot_watch: AbortOnDropHandle<Result<()>>,
+    /// Reads backfills ([`crate::backfill::runner`]); JetStream only.
+    _backfill: Option<AbortOnDropHandle<()>>,
     /// Set by the publish stage: every message up to here is acknowledged.
     flushed: watch::Receiver<Lsn>,
     /// Items for the next send (the first is the script version in effect).
@@ -164,6 +173,7 @@ async fn start(
         return Err(Error::new(Kind::SlotBusy, "the slot is active on another connection"));
     }
     let (sink, replies) = Sink::connect(config).await?;
+    let nats = sink.jetstream_client().cloned();
     if let Some(subject) = carried.unanswered.as_deref() {
         // Only JetStream, up and answering, can tell that no stream captures the subject.
         sink.captures(subject, &config.publisher.topic).await?;
@@ -176,15 +186,35 @@ async fn start(
 
     // Domains, arrays and user types need pg_type; new ones are looked up while streaming.
     let catalog = Catalog::connect(&pg).await?;
-    let slot_watch = AbortOnDropHandle::new(tokio::spawn(watch_slot(SlotWatch::connect(pg).await?)));
+    let slot_watch = AbortOnDropHandle::new(tokio::spawn(watch_slot(SlotWatch::connect(pg.clone()).await?)));
     let types = catalog.registry().await?;
     let (tx, rx) = mpsc::channel(CHANNEL);
     let (flushed_tx, flushed) = watch::channel(slot.confirmed_flush);
     let publisher = AbortOnDropHandle::new(tokio::spawn(
         PublishStage::new(config, sink, replies, flushed_tx).run(rx),
     ));
+    // Backfills keep their progress in a KV bucket beside the stream: JetStream only.
+    let (hooks, backfill) = match nats {
+        Some(client) => {
+            let store = Arc::new(Lazy::new(client, &config.listener.slot_name, config.publisher.replicas));
+            let handoff = Handoff::default();
+            let wake = Arc::new(tokio::sync::Notify::new());
+            let runner = Runner::new(pg.clone(), store.clone(), handoff.clone(), wake.clone());
+            let hooks = BackfillHooks {
+                merge: Merge::new(handoff),
+                store,
+                wake,
+            };
+            (Some(hooks), Some(AbortOnDropHandle::new(tokio::spawn(runner.run()))))
+        }
+        None => (None, None),
+    };
+    let backfills = Backfills {
+        slot: config.listener.slot_name.clone(),
+        hooks,
+    };
     let mut items = Vec::new();
-    let transform = Transform::new(config, versions, slot.confirmed_flush, types, &mut items);
+    let transform = Transform::new(config, versions, slot.confirmed_flush, types, backfills, &mut items);
     Ok(Session {
         repl,
         catalog,
@@ -192,6 +222,7 @@ async fn start(
         tx,
         publisher,
         slot_watch,
+        _backfill: backfill,
         flushed,
         items,
         frames: Vec::with_capacity(BATCH),

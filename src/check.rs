@@ -383,6 +383,37 @@ async fn publication(config: &Config, client: &tokio_postgres::Client, superuser
             names.join(", ")
         ));
     }
+    backfill(config, client, r).await;
+}
+
+/// Whether the tables a snapshot would read (the filter's, or every published one) can be
+/// backfilled: each needs a key to page by.
+async fn backfill(config: &Config, client: &tokio_postgres::Client, r: &mut Report) {
+    let tables = match crate::backfill::table::selected(config, client).await {
+        Ok(tables) => tables,
+        Err(e) => {
+            r.warn(format!("backfill: cannot list the published tables: {e}"));
+            return;
+        }
+    };
+    let mut refused = Vec::new();
+    for table in tables.iter().take(500) {
+        if let Err(reason) = crate::backfill::table::plan(client, &config.listener.publication, table).await {
+            refused.push(reason);
+        }
+    }
+    let snapshot = match config.listener.snapshot {
+        crate::config::Snapshot::Initial => "listener.snapshot: initial reads them when the slot is created",
+        crate::config::Snapshot::Never => "wal-listener backfill --table … reads them on request",
+    };
+    r.ok(format!(
+        "backfill: {} of {} selected table(s) can be backfilled ({snapshot})",
+        tables.len().min(500) - refused.len(),
+        tables.len()
+    ));
+    for reason in refused.iter().take(10) {
+        r.warn(format!("backfill: {reason}"));
+    }
 }
 
 async fn publisher(config: &Config, r: &mut Report) {

@@ -31,6 +31,7 @@
 
 pub(crate) mod ack;
 pub mod app;
+pub mod backfill;
 pub mod check;
 pub mod config;
 pub mod decode;

@@ -56,6 +56,28 @@ enum Command {
         #[arg(long)]
         event: String,
     },
+    /// Backfill existing rows as READ events: ask the service streaming from this config's slot
+    /// to read the tables (through the WAL), or show or cancel backfills.
+    Backfill {
+        /// A table to backfill (schema.table); repeat for several.
+        #[arg(long = "table", value_name = "TABLE")]
+        tables: Vec<String>,
+        /// Only rows meeting this SQL condition.
+        #[arg(long = "where", value_name = "SQL")]
+        filter: Option<String>,
+        /// Rows per chunk (default: listener.backfillChunkSize).
+        #[arg(long)]
+        chunk_size: Option<u32>,
+        /// Show progress until the backfill is done.
+        #[arg(long)]
+        wait: bool,
+        /// List the slot's backfills and their progress.
+        #[arg(long, conflicts_with_all = ["tables", "cancel", "wait"])]
+        status: bool,
+        /// Stop a backfill.
+        #[arg(long, value_name = "ID", conflicts_with_all = ["tables", "wait"])]
+        cancel: Option<String>,
+    },
     /// Ask the running service's /healthz (on listener.serverHost/serverPort of this config);
     /// exit 0 when it answers 200. The Docker image's HEALTHCHECK.
     Health,
@@ -96,6 +118,24 @@ fn main() -> ExitCode {
         }
         Command::Route { event } => route(&config, &event),
         Command::Health => health_probe(&config),
+        Command::Backfill {
+            tables,
+            filter,
+            chunk_size,
+            wait,
+            status,
+            cancel,
+        } => backfill(
+            &config,
+            wal_listener::backfill::cli::Args {
+                tables,
+                filter,
+                chunk_size,
+                wait,
+                status,
+                cancel,
+            },
+        ),
     }
 }
 
@@ -116,12 +156,9 @@ fn run(config: Config, warnings: &[String]) -> ExitCode {
         tracing::warn!("{warning}");
     }
     app::log_start(&config);
-    let rt = match runtime() {
+    let rt = match started_runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("wal-listener: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let result = rt.block_on(async {
         let shutdown = CancellationToken::new();
@@ -136,6 +173,29 @@ fn run(config: Config, warnings: &[String]) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line, no backtrace: what failed and what to do about it.
+            eprintln!("wal-listener: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// [`runtime`], or the exit code after saying why there is none.
+fn started_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    runtime().map_err(|e| {
+        eprintln!("wal-listener: cannot start the async runtime: {e}");
+        ExitCode::FAILURE
+    })
+}
+
+/// `backfill`: request, watch, list or cancel backfills.
+fn backfill(config: &Config, args: wal_listener::backfill::cli::Args) -> ExitCode {
+    let rt = match started_runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    match rt.block_on(wal_listener::backfill::cli::run(config, args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
             eprintln!("wal-listener: {e}");
             ExitCode::FAILURE
         }

@@ -24,6 +24,10 @@
 //! | `wal_listener_slot_safe_wal_size_bytes` | gauge | | `safe_wal_size`: WAL that may still be written before `max_slot_wal_keep_size` invalidates the slot; −1 without a limit |
 //! | `wal_listener_slot_wal_status` | gauge | `status` | 1 for the slot's `wal_status` (`reserved`, `extended`, `unreserved`, `lost`), 0 for the others |
 //! | `wal_listener_slot_stalled_seconds` | gauge | | time since the slot's confirmed position last moved while changes are pending (0 when it moves or nothing is pending) |
+//! | `wal_listener_backfill_rows_total` | counter | `table` | READ events of backfills, acknowledged |
+//! | `wal_listener_backfill_chunks_total` | counter | `table` | backfill chunks done |
+//! | `wal_listener_backfills_running` | gauge | | backfills being read now (0 or 1) |
+//! | `wal_listener_backfill_rows_left` | gauge | | rows the running backfill still has to read (estimate from `pg_class.reltuples`) |
 //!
 //! Label cardinality is bounded: subjects are chosen by scripts and could be unbounded (a
 //! subject per customer), so each labelled family keeps at most [`MAX_SERIES`] label sets;
@@ -101,6 +105,10 @@ struct Metrics {
     slot_safe_wal_size: Gauge,
     slot_wal_status: Family<StatusLabels, Gauge>,
     slot_stalled: Gauge,
+    backfill_rows: Family<TableLabels, Counter>,
+    backfill_chunks: Family<TableLabels, Counter>,
+    backfills_running: Gauge,
+    backfill_rows_left: Gauge,
     /// Raw LSNs (u64) behind the gauges, so the lag is computed without float rounding.
     confirmed_raw: AtomicU64,
     wal_end_raw: AtomicU64,
@@ -137,6 +145,10 @@ impl Metrics {
             slot_safe_wal_size: Gauge::default(),
             slot_wal_status: Family::default(),
             slot_stalled: Gauge::default(),
+            backfill_rows: Family::default(),
+            backfill_chunks: Family::default(),
+            backfills_running: Gauge::default(),
+            backfill_rows_left: Gauge::default(),
             confirmed_raw: AtomicU64::new(0),
             wal_end_raw: AtomicU64::new(0),
             published_series: AtomicUsize::new(0),
@@ -239,6 +251,26 @@ impl Metrics {
             "wal_listener_slot_stalled_seconds",
             "Seconds since the slot's confirmed position last moved while changes are pending",
             m.slot_stalled.clone(),
+        );
+        registry.register(
+            "wal_listener_backfill_rows",
+            "READ events of backfills, acknowledged",
+            m.backfill_rows.clone(),
+        );
+        registry.register(
+            "wal_listener_backfill_chunks",
+            "Backfill chunks done",
+            m.backfill_chunks.clone(),
+        );
+        registry.register(
+            "wal_listener_backfills_running",
+            "Backfills being read now",
+            m.backfills_running.clone(),
+        );
+        registry.register(
+            "wal_listener_backfill_rows_left",
+            "Rows the running backfill still has to read (estimate)",
+            m.backfill_rows_left.clone(),
         );
         m.slot_safe_wal_size.set(-1);
         // Series that alerts refer to exist from the start, at 0.
@@ -395,6 +427,24 @@ pub fn reconnect() {
 /// JetStream answered "no responders": to a publish, or to an API request.
 pub fn jetstream_unavailable() {
     METRICS.jetstream_unavailable.inc();
+}
+
+/// A backfill chunk of `table` is done: `rows` READ events acknowledged.
+pub fn backfill_chunk(table: &str, rows: usize) {
+    let labels = TableLabels {
+        app: APP,
+        table: table.to_string(),
+    };
+    METRICS.backfill_chunks.get_or_create(&labels).inc();
+    METRICS.backfill_rows.get_or_create(&labels).inc_by(rows as u64);
+}
+
+/// Whether a backfill is being read, and how many rows it has left (estimate).
+pub fn backfill_running(running: bool, rows_left: u64) {
+    METRICS.backfills_running.set(i64::from(running));
+    METRICS
+        .backfill_rows_left
+        .set(i64::try_from(rows_left).unwrap_or(i64::MAX));
 }
 
 /// RabbitMQ routed a message to no queue and `publisher.unroutable: drop` dropped it.

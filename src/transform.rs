@@ -15,10 +15,13 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
+use crate::backfill::merge::Merge;
+use crate::backfill::store::Lazy;
+use crate::backfill::{self, Control};
 use crate::config::{Config, PublisherKind};
 use crate::decode;
 use crate::error::{Error, Kind, Result};
-use crate::event::{Assembler, ChangeEvent, Item, PgType, TypeRegistry};
+use crate::event::{Action, Assembler, ChangeEvent, Item, PgType, TypeRegistry};
 use crate::lsn::Lsn;
 use crate::metrics;
 use crate::script::{Routed, ScriptVersion, reload};
@@ -37,6 +40,12 @@ pub(crate) enum Outbound {
     Script(ScriptVersion),
     /// Confirmable once everything before it is acknowledged.
     Checkpoint(Lsn),
+    /// A record that must be stored before any position after it is confirmed (a backfill
+    /// request seen in the stream): it holds the window like a message until it resolves;
+    /// an error ends the session, which replays from before it.
+    Durable(futures::future::BoxFuture<'static, Result<()>>),
+    /// Called once everything before it is acknowledged (a backfill chunk's events).
+    Settled(Box<dyn FnOnce() + Send>),
 }
 
 /// decode → event → script.
@@ -50,6 +59,24 @@ pub(crate) struct Transform {
     checkpoint: Lsn,
     /// Whether positions are confirmed at all (not for a stdout dry run, unless asked).
     confirm: bool,
+    /// Backfills: watermarks and requests in the stream (`crate::backfill`).
+    backfill: Backfills,
+}
+
+/// The transform's part in backfills.
+pub(crate) struct Backfills {
+    /// This service's slot: requests for other slots are someone else's.
+    pub slot: String,
+    /// `None`: the publisher has nowhere to keep progress (not JetStream).
+    pub hooks: Option<BackfillHooks>,
+}
+
+/// What a session streaming into JetStream gives the transform for backfills.
+pub(crate) struct BackfillHooks {
+    pub merge: Merge,
+    pub store: Arc<Lazy>,
+    /// Wakes the runner when a request or cancellation is stored.
+    pub wake: Arc<tokio::sync::Notify>,
 }
 
 impl Transform {
@@ -60,6 +87,7 @@ impl Transform {
         mut versions: watch::Receiver<Arc<reload::Version>>,
         start: Lsn,
         types: TypeRegistry,
+        backfill: Backfills,
         out: &mut Vec<Outbound>,
     ) -> Self {
         let version = versions.borrow_and_update().clone();
@@ -73,6 +101,7 @@ impl Transform {
             events: Vec::new(),
             checkpoint: start,
             confirm: config.publisher.kind != PublisherKind::Stdout || config.publisher.confirm_stdout,
+            backfill,
         }
     }
 
@@ -126,7 +155,18 @@ impl Transform {
         metrics::problems("value", bad.count);
         for item in std::mem::take(&mut self.events) {
             match item {
-                Item::Change(event) => self.route(Arc::new(event), out),
+                Item::Change(event) => {
+                    if event.action == Action::Message
+                        && event.message.as_ref().is_some_and(|m| m.prefix == backfill::PREFIX)
+                    {
+                        self.control(&event, out);
+                        continue;
+                    }
+                    if let Some(hooks) = &mut self.backfill.hooks {
+                        hooks.merge.observe(&event);
+                    }
+                    self.route(Arc::new(event), out)
+                }
                 Item::TxEnd(end_lsn) => self.checkpoint(end_lsn, out),
             }
         }
@@ -141,6 +181,67 @@ impl Transform {
                 event,
                 error: error.to_string(),
             }),
+        }
+    }
+
+    /// A backfill control message (never published): a watermark of this session's runner,
+    /// or a request or cancellation, stored before the stream is confirmed past it.
+    fn control(&mut self, event: &ChangeEvent, out: &mut Vec<Outbound>) {
+        let Some(control) = event.message.as_ref().and_then(|m| Control::parse(&m.content)) else {
+            tracing::warn!(lsn = %event.commit_lsn, "a {} message that is not a backfill control message; ignored", backfill::PREFIX);
+            return;
+        };
+        let slot = self.backfill.slot.clone();
+        let Some(hooks) = &mut self.backfill.hooks else {
+            if let Control::Request(request) = control
+                && request.slot == slot
+            {
+                tracing::warn!(backfill = %request.id, "a backfill was requested, but backfills keep their progress in JetStream and publisher.type is not nats; ignored");
+            }
+            return;
+        };
+        match control {
+            Control::Low { chunk } => {
+                let types = hooks.merge.low(&chunk);
+                self.assembler.need_types(&types);
+            }
+            Control::High { chunk } => {
+                let now = crate::pg_time::now();
+                if let Some(ready) = hooks.merge.high(&chunk, &mut self.assembler, event.commit_lsn, now) {
+                    for read in ready.events {
+                        self.route(Arc::new(read), out);
+                    }
+                    let (done, end) = (ready.done, ready.end);
+                    out.push(Outbound::Settled(Box::new(move || {
+                        let _ = done.send(end);
+                    })));
+                }
+            }
+            Control::Request(request) if request.slot == slot => {
+                tracing::info!(backfill = %request.id, tables = request.tables.len(), "backfill requested");
+                let (store, wake) = (hooks.store.clone(), hooks.wake.clone());
+                out.push(Outbound::Durable(Box::pin(async move {
+                    store.get_or_create().await?.record(&request).await?;
+                    wake.notify_one();
+                    Ok(())
+                })));
+            }
+            Control::Cancel { slot: to, id } if to == slot => {
+                let (store, wake) = (hooks.store.clone(), hooks.wake.clone());
+                out.push(Outbound::Durable(Box::pin(async move {
+                    // No bucket: nothing was ever requested here, so there is nothing to cancel.
+                    let cancelled = match store.existing().await {
+                        Some(store) => store.cancel(&id).await?,
+                        None => false,
+                    };
+                    if cancelled {
+                        tracing::info!(backfill = %id, "backfill cancellation stored");
+                    }
+                    wake.notify_one();
+                    Ok(())
+                })));
+            }
+            Control::Request(_) | Control::Cancel { .. } => {}
         }
     }
 
@@ -169,7 +270,11 @@ mod tests {
         let config = Config::from_yaml("", &[], PathBuf::new()).expect("config").0;
         let router = Router::from_config(&config).expect("default script");
         let (_tx, versions) = watch::channel(Arc::new(reload::Version { router, number: 1 }));
-        Transform::new(&config, versions, Lsn(0), TypeRegistry::new(), out)
+        let backfill = Backfills {
+            slot: "s".into(),
+            hooks: None,
+        };
+        Transform::new(&config, versions, Lsn(0), TypeRegistry::new(), backfill, out)
     }
 
     fn insert(text: &str) -> Frame {

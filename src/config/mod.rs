@@ -67,6 +67,11 @@ pub struct Listener {
     /// Create the slot with `FAILOVER` (PostgreSQL 17+), or switch an existing one to it, so
     /// standbys with `sync_replication_slots` keep a copy that survives a failover.
     pub failover_slot: bool,
+    /// `initial`: when the slot is created, backfill every table the filter selects (every
+    /// published table without a filter) before the changes that follow (`crate::backfill`).
+    pub snapshot: Snapshot,
+    /// Rows read per backfill chunk (the memory a backfill holds is about one chunk).
+    pub backfill_chunk_size: u32,
     pub filter: Filter,
     pub topics_map: BTreeMap<String, String>,
 }
@@ -81,10 +86,21 @@ impl Default for Listener {
             heartbeat_interval: Duration::from_secs(10),
             stall_timeout: Duration::from_secs(300),
             failover_slot: false,
+            snapshot: Snapshot::Never,
+            backfill_chunk_size: 5000,
             filter: Filter::default(),
             topics_map: BTreeMap::new(),
         }
     }
+}
+
+/// `listener.snapshot`: whether a new slot starts with a backfill of the existing rows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Snapshot {
+    #[default]
+    Never,
+    Initial,
 }
 
 /// `listener.filter`: the Go version's table/action filter, applied by the default script.
@@ -658,11 +674,21 @@ impl Config {
                 "publisher.duplicateWindow must be at least 1s (2m or more recommended)",
             ));
         }
+        if self.listener.snapshot == Snapshot::Initial && self.publisher.kind != PublisherKind::Nats {
+            return Err(invalid(
+                "listener.snapshot: initial needs publisher.type: nats (a backfill keeps its progress in a JetStream KV bucket); set listener.snapshot: never",
+            ));
+        }
+        if !(1..=1_000_000).contains(&self.listener.backfill_chunk_size) {
+            return Err(invalid(
+                "listener.backfillChunkSize must be between 1 and 1000000 (5000 is a good default)",
+            ));
+        }
         for (table, actions) in &self.listener.filter.tables {
             for action in actions {
-                if !["insert", "update", "delete", "truncate"].contains(&action.to_ascii_lowercase().as_str()) {
+                if !["insert", "update", "delete", "truncate", "read"].contains(&action.to_ascii_lowercase().as_str()) {
                     return Err(invalid(format!(
-                        "listener.filter.tables.{table}: unknown action {action:?}; use insert, update, delete or truncate"
+                        "listener.filter.tables.{table}: unknown action {action:?}; use insert, update, delete, truncate or read"
                     )));
                 }
             }

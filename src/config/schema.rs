@@ -111,6 +111,8 @@ const SCHEMA: &[(&str, Kind)] = &[
             ("heartbeatInterval", Duration),
             ("stallTimeout", Duration),
             ("failoverSlot", Bool),
+            ("snapshot", Choice(&["never", "initial"])),
+            ("backfillChunkSize", Int),
             ("filter", Section(FILTER)),
             ("topicsMap", StrMap),
             (

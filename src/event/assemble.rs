@@ -31,6 +31,9 @@ use super::value::{TypeMap, convert};
 use super::{Action, ChangeEvent, MessageBody, Row, TxText, Value};
 
 /// What the assembler hands on, in WAL order.
+// Nearly every item is a change, moved once into the transform's loop: boxing it would add an
+// allocation per event to save bytes on the rare TxEnd.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Item {
     Change(ChangeEvent),
@@ -76,6 +79,16 @@ struct ColumnInfo {
     map: TypeMap,
     type_oid: u32,
     is_key: bool,
+}
+
+/// Columns a backfill reads ([`Assembler::read_relation`]).
+pub struct ReadRelation(RelationInfo);
+
+impl ReadRelation {
+    /// The schema and table names, shared by the events made from this relation.
+    pub fn names(&self) -> (&Arc<str>, &Arc<str>) {
+        (&self.0.schema, &self.0.table)
+    }
 }
 
 #[derive(Clone)]
@@ -293,10 +306,55 @@ impl Assembler {
                     unchanged_toast: Vec::new(),
                     message: Some(body),
                     text,
+                    backfill: None,
                 }));
             }
         }
         Ok(())
+    }
+
+    /// Ask for `oids` the registry does not know (columns a backfill is about to read); see
+    /// [`Self::missing_types`].
+    pub fn need_types(&mut self, oids: &[u32]) {
+        for &oid in oids {
+            self.types.missing(oid, &mut self.missing_types);
+        }
+    }
+
+    /// Columns read by a backfill, mapped like those of a Relation message.
+    pub fn read_relation(&mut self, schema: &str, table: &str, columns: &[(String, u32)]) -> ReadRelation {
+        ReadRelation(RelationInfo {
+            schema: schema.into(),
+            table: table.into(),
+            identity: ReplicaIdentity::Default,
+            columns: columns
+                .iter()
+                .map(|(name, type_oid)| ColumnInfo {
+                    name: name.as_str().into(),
+                    map: self.types.map(*type_oid),
+                    type_oid: *type_oid,
+                    is_key: false,
+                })
+                .collect(),
+        })
+    }
+
+    /// A row read by a backfill (each value PostgreSQL's text output, as pgoutput sends it),
+    /// converted exactly as an INSERT's.
+    pub fn read_row(&mut self, rel: &ReadRelation, values: &[Option<String>]) -> Row {
+        let rel = &rel.0;
+        let mut row = Vec::with_capacity(values.len());
+        for (value, col) in values.iter().zip(&rel.columns) {
+            let value = match value {
+                None => Value::Null,
+                Some(text) => {
+                    let tuple = TupleValue::Text(bytes::Bytes::copy_from_slice(text.as_bytes()));
+                    self.value(rel, col, &tuple).unwrap_or(Value::Null)
+                }
+            };
+            row.push((col.name.clone(), value));
+        }
+        Row(row)
     }
 
     fn relation(&self, oid: u32) -> Result<Arc<RelationInfo>, EventError> {
@@ -334,6 +392,7 @@ impl Assembler {
             unchanged_toast,
             message: None,
             text: tx.text.clone(),
+            backfill: None,
         }));
         Ok(())
     }

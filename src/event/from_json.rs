@@ -23,6 +23,7 @@ pub fn from_json(json: &Json, ordinal: u32) -> Result<ChangeEvent, String> {
         Some("DELETE") => Action::Delete,
         Some("TRUNCATE") => Action::Truncate,
         Some("MESSAGE") => Action::Message,
+        Some("READ") => Action::Read,
         Some(other) => {
             return Err(format!(
                 "unknown action {other:?}: use INSERT, UPDATE, DELETE, TRUNCATE or MESSAGE"
@@ -84,6 +85,7 @@ pub fn from_json(json: &Json, ordinal: u32) -> Result<ChangeEvent, String> {
         data_old: row(obj.get("dataOld"), "dataOld")?,
         unchanged_toast,
         message,
+        backfill: None,
     })
 }
 

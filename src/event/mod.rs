@@ -8,7 +8,8 @@
 //! An event's `id` is a UUID derived from (commit LSN, ordinal in the transaction). The row's
 //! own WAL position would not do: a multi-row `COPY` logs several inserts at one LSN. The pair
 //! is stable across restarts, so a replayed change carries the same `Nats-Msg-Id` and JetStream
-//! drops the duplicate.
+//! drops the duplicate. A READ event's (a row read by a backfill) is derived from the
+//! backfill, the table and the row's key instead ([`Backfilled`]).
 
 mod assemble;
 mod from_json;
@@ -18,7 +19,7 @@ pub mod value;
 
 use std::sync::Arc;
 
-pub use assemble::{Assembler, BadValue, BadValues, EventError, Item};
+pub use assemble::{Assembler, BadValue, BadValues, EventError, Item, ReadRelation};
 pub use from_json::from_json;
 pub use types::{PgType, TypeKind, TypeRegistry};
 pub use value::Value;
@@ -34,6 +35,8 @@ pub enum Action {
     Truncate,
     /// A `pg_logical_emit_message` message.
     Message,
+    /// A row read by a backfill (`crate::backfill`): the row as it is, like an INSERT.
+    Read,
 }
 
 impl Action {
@@ -45,6 +48,7 @@ impl Action {
             Action::Delete => "DELETE",
             Action::Truncate => "TRUNCATE",
             Action::Message => "MESSAGE",
+            Action::Read => "READ",
         }
     }
 }
@@ -111,11 +115,44 @@ pub struct ChangeEvent {
     pub message: Option<MessageBody>,
     /// `commit_lsn`, `xid` and `commit_time` as text, shared by the transaction's events.
     pub text: Arc<TxText>,
+    /// Set for [`Action::Read`]: which backfill read the row, and the event's id.
+    pub backfill: Option<Box<Backfilled>>,
 }
+
+/// Where a READ event comes from. Its id is derived from the backfill, the table and the key,
+/// so a chunk read again after a crash carries the same ids (and `Nats-Msg-Id`s).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Backfilled {
+    /// The backfill's id (`Wal-Backfill`).
+    pub id: Arc<str>,
+    pub event_id: uuid::Uuid,
+}
+
+impl Backfilled {
+    /// The READ event of `key` (the key columns' text, in key order) of `schema.table`.
+    pub fn new(id: Arc<str>, schema: &str, table: &str, key: &[&str]) -> Box<Backfilled> {
+        let mut name = Vec::with_capacity(64);
+        for part in [&*id, schema, table].into_iter().chain(key.iter().copied()) {
+            // Length-prefixed, so that no two different keys make the same bytes.
+            name.extend_from_slice(&(part.len() as u64).to_be_bytes());
+            name.extend_from_slice(part.as_bytes());
+        }
+        Box::new(Backfilled {
+            event_id: uuid::Uuid::new_v5(&READ_NAMESPACE, &name),
+            id,
+        })
+    }
+}
+
+/// The UUID namespace of READ event ids (a fixed random UUID).
+const READ_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6f1c_2a5e_9b3d_4e07_a1c8_5d2f_7e90_b364);
 
 impl ChangeEvent {
     /// The deterministic event id (a version-8 UUID carrying the commit LSN and the ordinal).
     pub fn id(&self) -> uuid::Uuid {
+        if let Some(read) = &self.backfill {
+            return read.event_id;
+        }
         event_id(self.commit_lsn, self.ordinal)
     }
 

@@ -60,6 +60,9 @@ impl Envelopes {
         };
         let mut headers = self.headers(event);
         headers.insert(NATS_MSG_ID, msg_id);
+        if let Some(read) = &event.backfill {
+            headers.insert(WAL_BACKFILL, &*read.id);
+        }
         let payload = match routed.payload {
             Payload::Event => {
                 headers.insert(CONTENT_TYPE, "application/json");
@@ -114,7 +117,7 @@ impl Envelopes {
 }
 
 /// Room, in the relation's header map, for the headers added to every clone: `Wal-Lsn`,
-/// `Wal-Xid`, `Nats-Msg-Id`, `Content-Type` and the script's.
+/// `Wal-Xid`, `Nats-Msg-Id`, `Wal-Backfill` (READ events), `Content-Type` and the script's.
 const ROOM: usize = 11;
 
 /// `Wal-Schema`, `Wal-Table` and `Wal-Action` in a map with room for [`ROOM`] more headers.
@@ -223,6 +226,7 @@ const WAL_XID: HeaderName = HeaderName::from_static("Wal-Xid");
 const WAL_SCHEMA: HeaderName = HeaderName::from_static("Wal-Schema");
 const WAL_TABLE: HeaderName = HeaderName::from_static("Wal-Table");
 const WAL_ACTION: HeaderName = HeaderName::from_static("Wal-Action");
+const WAL_BACKFILL: HeaderName = HeaderName::from_static("Wal-Backfill");
 pub(super) const CONTENT_TYPE: HeaderName = HeaderName::from_static("Content-Type");
 
 fn base_headers(event: &ChangeEvent, msg_id: String) -> HeaderMap {
@@ -235,6 +239,9 @@ fn base_headers(event: &ChangeEvent, msg_id: String) -> HeaderMap {
     headers.insert(WAL_SCHEMA, &*flat(&event.schema));
     headers.insert(WAL_TABLE, &*flat(&event.table));
     headers.insert(WAL_ACTION, event.action.as_str());
+    if let Some(read) = &event.backfill {
+        headers.insert(WAL_BACKFILL, &*read.id);
+    }
     headers
 }
 
@@ -308,6 +315,12 @@ mod tests {
             let event = from_json(&json, 0).expect("event");
             events.push(event);
         }
+        // READ events of a backfill carry Wal-Backfill.
+        let mut read = events[events.len() - 1].clone();
+        read.action = Action::Read;
+        read.backfill = Some(crate::event::Backfilled::new(Arc::from("bf1"), "public", "a", &["1"]));
+        events.push(read.clone());
+        events.push(read);
         // Changes of one transaction share its text, and of one relation its names.
         for i in 1..events.len() {
             let (before, after) = events.split_at_mut(i);

@@ -219,6 +219,14 @@ impl Sink {
         }
     }
 
+    /// The NATS client of a JetStream sink (backfills keep their progress in its KV store).
+    pub fn jetstream_client(&self) -> Option<&async_nats::Client> {
+        match self {
+            Sink::JetStream { client, .. } => Some(client),
+            _ => None,
+        }
+    }
+
     /// The largest message (payload plus headers) the server accepts; `None` for stdout.
     pub fn max_payload(&self) -> Option<usize> {
         match self {

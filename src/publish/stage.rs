@@ -14,10 +14,13 @@
 //! [`ACK_TIMEOUT`] while messages wait ends the stage with an error; what was acknowledged
 //! until then has been released.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{mpsc, watch};
 
 use crate::ack::AckWindow;
@@ -36,7 +39,12 @@ use super::{ACK_TIMEOUT, Ack, AckReplies, Envelopes, OutMessage, Outcome, Sent, 
 pub(crate) struct PublishStage {
     sink: Sink,
     replies: AckReplies,
-    window: AckWindow<metrics::Delivery>,
+    /// A message's delivery, or `None` for an [`Outbound::Durable`] record.
+    window: AckWindow<Option<metrics::Delivery>>,
+    /// Records being stored, by their place in the window.
+    durable: FuturesUnordered<BoxFuture<'static, (u64, Result<()>)>>,
+    /// Callbacks waiting for everything before their place in the window.
+    settled: VecDeque<(u64, Box<dyn FnOnce() + Send>)>,
     counters: metrics::PublishedCounters,
     flushed: watch::Sender<Lsn>,
     on_error: OnErrorPolicy,
@@ -59,6 +67,8 @@ impl PublishStage {
             sink,
             replies,
             window: AckWindow::new(config.publisher.max_in_flight),
+            durable: FuturesUnordered::new(),
+            settled: VecDeque::new(),
             counters: metrics::PublishedCounters::default(),
             flushed,
             on_error: OnErrorPolicy::new(config),
@@ -105,6 +115,17 @@ impl PublishStage {
                 Outbound::Failed { event, error } => self.unpublishable(&event, &error).await?,
                 Outbound::Checkpoint(lsn) => self.window.push_checkpoint(lsn),
                 Outbound::Script(version) => self.script = Some(version),
+                Outbound::Durable(record) => {
+                    while self.window.is_full() {
+                        self.wait().await?;
+                    }
+                    if self.window.is_empty() {
+                        self.progress = Instant::now();
+                    }
+                    let seq = self.window.push_message(None);
+                    self.durable.push(Box::pin(async move { (seq, record.await) }));
+                }
+                Outbound::Settled(callback) => self.settled.push_back((self.window.next_seq(), callback)),
             }
         }
         self.release();
@@ -172,7 +193,7 @@ impl PublishStage {
             self.progress = Instant::now();
         }
         let delivery = self.counters.start(&message.subject, table, message.commit_time);
-        let seq = self.window.push_message(delivery);
+        let seq = self.window.push_message(Some(delivery));
         match self.sink.send(message, seq).await? {
             Sent::Pending => {}
             Sent::Awaiting(ack) => self.replies.adopt(ack),
@@ -190,6 +211,12 @@ impl PublishStage {
         tokio::select! {
             biased;
             _ = self.sink.lost() => return Err(super::connection_lost(&self.sink)),
+            Some((seq, stored)) = self.durable.next(), if !self.durable.is_empty() => {
+                stored?;
+                self.window.ack(seq);
+                self.progress = Instant::now();
+                self.release();
+            }
             ack = self.replies.next() => {
                 self.ack(ack?)?;
                 while let Some(ack) = self.replies.try_next() {
@@ -222,12 +249,12 @@ impl PublishStage {
             }
             // A reply for a message no longer in flight is stray: it changes nothing.
             Outcome::NoResponders => match self.window.get(ack.seq) {
-                Some(delivery) => {
+                Some(Some(delivery)) => {
                     metrics::problem("publish");
                     metrics::jetstream_unavailable();
                     Err(Error::no_responders(delivery.subject()))
                 }
-                None => Ok(()),
+                Some(None) | None => Ok(()),
             },
             Outcome::NotStored(e) => {
                 metrics::problem("publish");
@@ -238,7 +265,21 @@ impl PublishStage {
 
     /// Count what is acknowledged in order and move the flushed LSN forward.
     fn release(&mut self) {
-        let Some(lsn) = self.window.release(metrics::Delivery::acknowledged) else {
+        let lsn = self.window.release(|delivery| {
+            if let Some(delivery) = delivery {
+                delivery.acknowledged();
+            }
+        });
+        while self
+            .settled
+            .front()
+            .is_some_and(|(seq, _)| *seq <= self.window.settled())
+        {
+            if let Some((_, callback)) = self.settled.pop_front() {
+                callback();
+            }
+        }
+        let Some(lsn) = lsn else {
             return;
         };
         self.flushed.send_if_modified(|current| {

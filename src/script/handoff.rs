@@ -84,6 +84,9 @@ impl UserData for EventData {
         fields.add_field_method_get("action", |lua, e| getter(lua, e, |lua, e| action_string(lua, e.action)));
         fields.add_field_method_get("lsn", |lua, e| getter(lua, e, |lua, e| lua.create_string(&e.text.lsn)));
         fields.add_field_method_get("xid", |_, e| Ok(i64::from(e.event()?.xid)));
+        fields.add_field_method_get("backfill", |_, e| {
+            Ok(e.event()?.backfill.as_ref().map(|b| b.id.to_string()))
+        });
         fields.add_field_method_get("commitTime", |lua, e| {
             getter(lua, e, |lua, e| lua.create_string(e.commit_time_text()))
         });
@@ -117,7 +120,7 @@ pub(crate) struct NameStrings {
     /// By the address of the relation's shared name (the `Arc` kept here keeps the address
     /// from being reused for another name).
     names: HashMap<usize, (Arc<str>, mlua::LuaString)>,
-    actions: [Option<mlua::LuaString>; 5],
+    actions: [Option<mlua::LuaString>; 6],
 }
 
 /// Relations whose names are kept; past this the cache starts over.

@@ -2,7 +2,8 @@
 //! create the publication (`FOR ALL TABLES`) and the pgoutput slot if they are missing, and
 //! read where the slot stands.
 
-use crate::config::Config;
+use crate::backfill::{self, Control, Request};
+use crate::config::{Config, Snapshot};
 use crate::error::{Disposition, Error, Kind, Result};
 use crate::lsn::Lsn;
 
@@ -63,7 +64,18 @@ pub async fn prepare(config: &Config, slot_seen: bool) -> Result<Prepared> {
                 ),
             ));
         }
-        None => create_slot(&client, name, config.listener.failover_slot).await?,
+        None => {
+            let slot = create_slot(&client, name, config.listener.failover_slot).await?;
+            if config.listener.snapshot == Snapshot::Initial
+                && let Err(e) = request_snapshot(config, &client).await
+            {
+                // Without its snapshot the new slot would start with a gap: drop it, so the
+                // next try creates both again.
+                let _ = client.execute("SELECT pg_drop_replication_slot($1)", &[name]).await;
+                return Err(e);
+            }
+            slot
+        }
     };
     if let Some(problem) = slot.problem(config) {
         let kind = match problem {
@@ -218,4 +230,25 @@ async fn create_slot(client: &tokio_postgres::Client, name: &str, failover: bool
             format!("replication slot {name:?} was created but is not listed (dropped at once?); retrying"),
         )
     })
+}
+
+/// `listener.snapshot: initial` on a new slot: request a backfill of every table the filter
+/// selects for inserts (every published table without a filter), through the WAL right after
+/// the slot's start, so it comes before every change the slot streams.
+async fn request_snapshot(config: &Config, client: &tokio_postgres::Client) -> Result<()> {
+    let tables = backfill::table::selected(config, client).await.map_err(sql::classify)?;
+    if tables.is_empty() {
+        tracing::info!("listener.snapshot: initial, but no published table is selected; nothing to backfill");
+        return Ok(());
+    }
+    let request = Request {
+        slot: config.listener.slot_name.clone(),
+        id: backfill::new_id(),
+        tables,
+        filter: None,
+        chunk_size: None,
+        snapshot: true,
+    };
+    tracing::info!(backfill = %request.id, tables = request.tables.len(), "listener.snapshot: initial: backfill of the existing rows requested");
+    backfill::runner::emit(client, &Control::Request(request)).await
 }

@@ -4,6 +4,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod backfill;
 mod cli;
 mod expect;
 mod faults;

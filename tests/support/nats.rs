@@ -313,6 +313,54 @@ impl NatsServer {
         read_stream(&js, stream).await
     }
 
+    /// All messages of `stream`, read with one ordered consumer (fast, for large streams;
+    /// [`NatsServer::stream_messages`] reads one by one). Panics if it does not exist.
+    #[allow(dead_code)]
+    pub async fn stream_messages_fast(&self, stream: &str) -> Vec<StoredMessage> {
+        use futures::StreamExt;
+        let js = self.jetstream().await;
+        let want = stream_len(&js, stream).await.unwrap_or(0);
+        let mut out = Vec::with_capacity(usize::try_from(want).unwrap_or(0));
+        if want == 0 {
+            return out;
+        }
+        let s = js
+            .get_stream(stream)
+            .await
+            .unwrap_or_else(|e| panic!("get stream {stream:?}: {e}"));
+        let consumer = s
+            .create_consumer(jetstream::consumer::pull::OrderedConfig::default())
+            .await
+            .unwrap_or_else(|e| panic!("consumer on {stream:?}: {e}"));
+        let mut messages = consumer
+            .messages()
+            .await
+            .unwrap_or_else(|e| panic!("messages of {stream:?}: {e}"));
+        while (out.len() as u64) < want {
+            let next = tokio::time::timeout(Duration::from_secs(30), messages.next())
+                .await
+                .unwrap_or_else(|_| panic!("reading {stream:?} stalled after {} of {want}", out.len()));
+            let Some(Ok(m)) = next else {
+                panic!("reading {stream:?} ended after {} of {want}", out.len());
+            };
+            let seq = m.info().map(|i| i.stream_sequence).unwrap_or(0);
+            let mut headers: Vec<(String, String)> = m
+                .headers
+                .iter()
+                .flat_map(|h| h.iter())
+                .flat_map(|(name, values)| values.iter().map(move |v| (name.to_string(), v.as_str().to_owned())))
+                .collect();
+            headers.sort_by(|a, b| a.0.cmp(&b.0));
+            out.push(StoredMessage {
+                seq,
+                subject: m.subject.to_string(),
+                headers,
+                payload: m.payload.to_vec(),
+            });
+        }
+        out
+    }
+
     /// Polls until `stream` exists and holds at least `n` messages, then
     /// returns all its messages (may be more than `n`). Panics with the count
     /// seen when `deadline` passes first.

@@ -133,7 +133,6 @@ impl Runner {
     /// Read the tables still to do; returns early when the backfill stops (its status says why).
     async fn tables(&mut self, client: &tokio_postgres::Client, b: &mut Backfill) -> Result<()> {
         let chunk_size = b.chunk_size.unwrap_or(self.config.listener.backfill_chunk_size).max(1);
-        let id: Arc<str> = Arc::from(b.id.as_str());
         for index in 0..b.tables.len() {
             if b.tables[index].done {
                 continue;
@@ -154,6 +153,25 @@ impl Runner {
             if b.tables[index].chunks == 0 {
                 b.tables[index].estimate = plan.estimate;
             }
+            if b.tables[index].upto.is_none() {
+                match plan.last_key(client, b.filter.as_deref()).await {
+                    Ok(Some(last)) => b.tables[index].upto = Some(last),
+                    Ok(None) => {
+                        // Nothing to read: every row it will have arrives as an INSERT.
+                        b.tables[index].done = true;
+                        self.store()?.put(b).await?;
+                        tracing::info!(backfill = %b.id, table = %name, "table backfilled: no rows");
+                        continue;
+                    }
+                    Err(e) if e.as_db_error().is_some() => {
+                        let reason = format!("reading {name} failed: {}", sql::db_error_text(&e));
+                        return self.fail(b, reason).await;
+                    }
+                    Err(e) => return Err(sql::classify(e)),
+                }
+                self.store()?.put(b).await?;
+            }
+            let upto = b.tables[index].upto.clone();
             let started = Instant::now();
             // While one chunk's events are published, the next chunk is read (its SELECT done,
             // its high watermark not yet written): the stream is not kept waiting for reads,
@@ -163,7 +181,10 @@ impl Runner {
             loop {
                 let current = match next.take() {
                     Some(read) => read,
-                    None => match self.read(client, b, &plan, &id, after.as_deref(), chunk_size).await? {
+                    None => match self
+                        .read(client, b, &plan, after.as_deref(), upto.as_deref(), chunk_size)
+                        .await?
+                    {
                         Some(read) => read,
                         None => return Ok(()),
                     },
@@ -177,7 +198,7 @@ impl Runner {
                 .await?;
                 if current.read == chunk_size as usize {
                     next = match self
-                        .read(client, b, &plan, &id, current.last.as_deref(), chunk_size)
+                        .read(client, b, &plan, current.last.as_deref(), upto.as_deref(), chunk_size)
                         .await?
                     {
                         Some(read) => Some(read),
@@ -234,8 +255,8 @@ impl Runner {
         client: &tokio_postgres::Client,
         b: &mut Backfill,
         plan: &Arc<table::Plan>,
-        backfill: &Arc<str>,
         after: Option<&[String]>,
+        upto: Option<&[String]>,
         chunk_size: u32,
     ) -> Result<Option<Read>> {
         if self.store()?.cancelled(&b.id).await? {
@@ -250,12 +271,12 @@ impl Runner {
         let (done, ended) = oneshot::channel();
         self.handoff.register(Expected {
             chunk: chunk.clone(),
-            backfill: backfill.clone(),
+            backfill: Arc::from(b.id.as_str()),
             plan: plan.clone(),
             done,
         });
         emit(client, &Control::Low { chunk: chunk.clone() }).await?;
-        let rows = match plan.read(client, b.filter.as_deref(), after, chunk_size).await {
+        let rows = match plan.read(client, b.filter.as_deref(), after, upto, chunk_size).await {
             Ok(rows) => rows,
             Err(e) if e.as_db_error().is_some() => {
                 self.handoff.clear();

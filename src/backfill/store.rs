@@ -48,6 +48,9 @@ pub struct TableProgress {
     /// The key of the last row of the last chunk whose events were all acknowledged, as text.
     #[serde(default)]
     pub last_key: Option<Vec<String>>,
+    /// The table's last key when its backfill started: it is read up to there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upto: Option<Vec<String>>,
     /// READ events published (rows changed by the stream during their chunk are not counted).
     pub rows: u64,
     pub chunks: u64,
@@ -93,6 +96,7 @@ impl Backfill {
                     name: name.clone(),
                     done: false,
                     last_key: None,
+                    upto: None,
                     rows: 0,
                     chunks: 0,
                     estimate: 0,

@@ -211,8 +211,15 @@ pub async fn plan(client: &Client, publication: &str, name: &TableName) -> Resul
 }
 
 impl Plan {
-    /// The chunk query after `after` (the last key read, as text), up to `limit` rows.
-    pub fn chunk_sql(&self, filter: Option<&str>, after: Option<&[String]>, limit: u32) -> String {
+    /// The chunk query after `after` (the last key read, as text) and up to `upto` (the
+    /// table's last key when its backfill started), at most `limit` rows.
+    pub fn chunk_sql(
+        &self,
+        filter: Option<&str>,
+        after: Option<&[String]>,
+        upto: Option<&[String]>,
+        limit: u32,
+    ) -> String {
         let table = format!("{}.{}", quote_ident(&self.name.schema), quote_ident(&self.name.table));
         let select = self
             .columns
@@ -231,15 +238,10 @@ impl Plan {
         if let Some(filter) = filter {
             conditions.push(format!("({filter})"));
         }
-        if let Some(after) = after {
-            let values = self
-                .key
-                .iter()
-                .zip(after)
-                .map(|(c, v)| format!("{}::{}", literal(v), c.type_name))
-                .collect::<Vec<_>>()
-                .join(", ");
-            conditions.push(format!("({key_cols}) > ({values})"));
+        for (bound, op) in [(after, ">"), (upto, "<=")] {
+            if let Some(bound) = bound {
+                conditions.push(format!("({key_cols}) {op} ({})", self.key_literals(bound)));
+            }
         }
         let filter = if conditions.is_empty() {
             String::new()
@@ -249,17 +251,57 @@ impl Plan {
         format!("SELECT {select} FROM {table}{filter} ORDER BY {key_cols} LIMIT {limit}")
     }
 
+    /// A key as literals cast to the key columns' types.
+    fn key_literals(&self, key: &[String]) -> String {
+        self.key
+            .iter()
+            .zip(key)
+            .map(|(c, v)| format!("{}::{}", literal(v), c.type_name))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// The last key (in key order) of the rows meeting `filter`, as text; `None`: no rows. A
+    /// backfill reads up to here: rows inserted after it started reach the stream as INSERTs,
+    /// so a table that grows at its end does not keep the backfill chasing it.
+    pub async fn last_key(
+        &self,
+        client: &Client,
+        filter: Option<&str>,
+    ) -> Result<Option<Vec<String>>, tokio_postgres::Error> {
+        let keys = self.key.iter().map(|c| quote_ident(&c.name)).collect::<Vec<_>>();
+        let order = keys.iter().map(|k| format!("{k} DESC")).collect::<Vec<_>>().join(", ");
+        let filter = filter.map(|f| format!(" WHERE ({f})")).unwrap_or_default();
+        let sql = format!(
+            "SELECT {} FROM {}.{}{filter} ORDER BY {order} LIMIT 1",
+            keys.join(", "),
+            quote_ident(&self.name.schema),
+            quote_ident(&self.name.table)
+        );
+        for message in client.simple_query(&sql).await? {
+            if let SimpleQueryMessage::Row(row) = message {
+                return Ok(Some(
+                    (0..row.len())
+                        .map(|i| row.get(i).unwrap_or_default().to_owned())
+                        .collect(),
+                ));
+            }
+        }
+        Ok(None)
+    }
+
     /// Read one chunk in a short REPEATABLE READ transaction, with its snapshot.
     pub async fn read(
         &self,
         client: &Client,
         filter: Option<&str>,
         after: Option<&[String]>,
+        upto: Option<&[String]>,
         limit: u32,
     ) -> Result<Chunk, tokio_postgres::Error> {
         let sql = format!(
             "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SELECT pg_current_snapshot()::text; {}; COMMIT",
-            self.chunk_sql(filter, after, limit)
+            self.chunk_sql(filter, after, upto, limit)
         );
         // Statements complete in order: BEGIN, the snapshot, the chunk, COMMIT.
         let mut completed = 0;
@@ -325,12 +367,17 @@ mod tests {
             estimate: 0,
         };
         assert_eq!(
-            plan.chunk_sql(None, None, 10),
+            plan.chunk_sql(None, None, None, 10),
             r#"SELECT "a", "b", "v", "a", "b" FROM "public"."Odd ""name""" ORDER BY "a", "b" LIMIT 10"#
         );
         assert_eq!(
-            plan.chunk_sql(Some("b > 2"), Some(&["it's".into(), "7".into()]), 5),
-            r#"SELECT "a", "b", "v", "a", "b" FROM "public"."Odd ""name""" WHERE (b > 2) AND ("a", "b") > ('it''s'::text, '7'::integer) ORDER BY "a", "b" LIMIT 5"#
+            plan.chunk_sql(
+                Some("b > 2"),
+                Some(&["it's".into(), "7".into()]),
+                Some(&["z".into(), "1".into()]),
+                5
+            ),
+            r#"SELECT "a", "b", "v", "a", "b" FROM "public"."Odd ""name""" WHERE (b > 2) AND ("a", "b") > ('it''s'::text, '7'::integer) AND ("a", "b") <= ('z'::text, '1'::integer) ORDER BY "a", "b" LIMIT 5"#
         );
     }
 

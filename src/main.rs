@@ -58,26 +58,7 @@ enum Command {
     },
     /// Backfill existing rows as READ events: ask the service streaming from this config's slot
     /// to read the tables (through the WAL), or show or cancel backfills.
-    Backfill {
-        /// A table to backfill (schema.table); repeat for several.
-        #[arg(long = "table", value_name = "TABLE")]
-        tables: Vec<String>,
-        /// Only rows meeting this SQL condition.
-        #[arg(long = "where", value_name = "SQL")]
-        filter: Option<String>,
-        /// Rows per chunk (default: listener.backfillChunkSize).
-        #[arg(long)]
-        chunk_size: Option<u32>,
-        /// Show progress until the backfill is done.
-        #[arg(long)]
-        wait: bool,
-        /// List the slot's backfills and their progress.
-        #[arg(long, conflicts_with_all = ["tables", "cancel", "wait"])]
-        status: bool,
-        /// Stop a backfill.
-        #[arg(long, value_name = "ID", conflicts_with_all = ["tables", "wait"])]
-        cancel: Option<String>,
-    },
+    Backfill(wal_listener::backfill::cli::Args),
     /// Ask the running service's /healthz (on listener.serverHost/serverPort of this config);
     /// exit 0 when it answers 200. The Docker image's HEALTHCHECK.
     Health,
@@ -118,24 +99,7 @@ fn main() -> ExitCode {
         }
         Command::Route { event } => route(&config, &event),
         Command::Health => health_probe(&config),
-        Command::Backfill {
-            tables,
-            filter,
-            chunk_size,
-            wait,
-            status,
-            cancel,
-        } => backfill(
-            &config,
-            wal_listener::backfill::cli::Args {
-                tables,
-                filter,
-                chunk_size,
-                wait,
-                status,
-                cancel,
-            },
-        ),
+        Command::Backfill(args) => backfill(&config, args),
     }
 }
 

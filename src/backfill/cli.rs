@@ -15,13 +15,25 @@ use super::store::{Backfill, Status, Store};
 use super::{Control, Request, new_id, runner, table};
 
 /// The command line.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, clap::Args)]
 pub struct Args {
+    /// A table to backfill (schema.table); repeat for several.
+    #[arg(long = "table", value_name = "TABLE")]
     pub tables: Vec<String>,
+    /// Only rows meeting this SQL condition.
+    #[arg(long = "where", value_name = "SQL")]
     pub filter: Option<String>,
+    /// Rows per chunk (default: listener.backfillChunkSize).
+    #[arg(long)]
     pub chunk_size: Option<u32>,
+    /// Show progress until the backfill is done.
+    #[arg(long)]
     pub wait: bool,
+    /// List the slot's backfills and their progress.
+    #[arg(long, conflicts_with_all = ["tables", "cancel", "wait"])]
     pub status: bool,
+    /// Stop a backfill.
+    #[arg(long, value_name = "ID", conflicts_with_all = ["tables", "wait"])]
     pub cancel: Option<String>,
 }
 

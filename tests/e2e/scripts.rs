@@ -144,8 +144,7 @@ async fn a_subject_outside_every_stream_stops_the_process_without_confirming_the
     let topic = setup.topic.clone();
     pg.psql("INSERT INTO t VALUES (1)");
     nats.wait_for_messages(&topic, 1, Duration::from_secs(60)).await;
-    let before = crate::support::service::parse_lsn(&pg.psql("SELECT pg_current_wal_lsn()"));
-    pg.psql("INSERT INTO t VALUES (2)");
+    let before = crate::support::service::insert_before_commit(&pg, "INSERT INTO t VALUES (2)");
     let last = blocking(|| service.fatal_line(Duration::from_secs(60)));
     assert!(
         last.starts_with("wal-listener: no JetStream stream captures the subject of a published message"),

@@ -276,6 +276,17 @@ pub fn confirmed_flush(pg: &PgCluster, slot: &str) -> u64 {
     parse_lsn(&text)
 }
 
+/// Runs `insert` (an `INSERT` without `RETURNING`) in its own transaction and returns the WAL
+/// position after its rows and before its commit record. A slot confirmed past it would make
+/// PostgreSQL skip the transaction on restart; a slot up to it has only WAL without changes
+/// (an idle keepalive may confirm the checkpointer's running-xacts record, say), so a test
+/// that checks "not confirmed" compares with this, not with the position before the insert.
+pub fn insert_before_commit(pg: &PgCluster, insert: &str) -> u64 {
+    parse_lsn(&pg.psql(&format!(
+        "WITH ins AS ({insert} RETURNING 1) SELECT pg_current_wal_lsn() FROM (SELECT count(*) FROM ins) AS done"
+    )))
+}
+
 pub fn parse_lsn(text: &str) -> u64 {
     let (hi, lo) = text
         .trim()

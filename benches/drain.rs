@@ -129,7 +129,8 @@ async fn run() {
     for (i, run) in runs.iter().enumerate() {
         let baseline = time_pg_recvlogical(&pg, &format!("baseline{i}"), &end_lsn);
         let baseline_rate = rows as f64 / baseline.as_secs_f64();
-        let (drained, _, cpu, _) = drain(&pg, &nats, run, "pub_bench", window, rows, script.as_deref()).await;
+        let Drained { took: drained, cpu, .. } =
+            drain(&pg, &nats, run, "pub_bench", window, rows, script.as_deref()).await;
         let rate = rows as f64 / drained.as_secs_f64();
         let cpu_us = cpu * 1e6 / rows as f64;
         println!(
@@ -175,7 +176,9 @@ async fn run() {
         return;
     }
     let sample = rows.min(20_000);
-    let (one, _, _, _) = drain(&pg, &nats, &single, "pub_bench", 1, sample, script.as_deref()).await;
+    let one = drain(&pg, &nats, &single, "pub_bench", 1, sample, script.as_deref())
+        .await
+        .took;
     let one_rate = sample as f64 / one.as_secs_f64();
     println!(
         "wal-listener, 1 in flight:    {one_rate:>9.0} rows/s  (first {sample} rows)  ratio {:.2}; pipelining gains {:.1}x",
@@ -205,7 +208,8 @@ async fn big_transaction(pg: &PgCluster, nats: &NatsServer) {
     println!("one transaction of 1,000,000 rows written in {:.1?}", started.elapsed());
     let mut big_setup = big;
     big_setup.listener_extra = "  filter:\n    tables:\n      big: [insert]\n".into();
-    let (took, peak_kib, _, _) = drain(pg, nats, &big_setup, "pub_bench", DEFAULT_WINDOW, 1_000_000, None).await;
+    let Drained { took, peak_kib, .. } =
+        drain(pg, nats, &big_setup, "pub_bench", DEFAULT_WINDOW, 1_000_000, None).await;
     println!(
         "1,000,000-row transaction: published in {took:.1?}, peak RSS {:.1} MiB",
         peak_kib as f64 / 1024.0
@@ -244,9 +248,22 @@ fn time_pg_recvlogical(pg: &PgCluster, slot: &str, end_lsn: &str) -> Duration {
     started.elapsed()
 }
 
+/// What one drain took.
+struct Drained {
+    took: Duration,
+    /// The service's peak RSS (VmHWM).
+    peak_kib: u64,
+    /// The service's CPU seconds (user + system), and the system part of them.
+    cpu: f64,
+    system: f64,
+    /// nats-server's CPU seconds over the same time: on this 2-core machine the broker, the
+    /// walsender and the service share the cores, so the broker's cost per message bounds the
+    /// drain as much as ours.
+    broker_cpu: f64,
+}
+
 /// Start the service on a pre-created slot and time it until `count` messages are stored,
 /// routing with the script at `script` (`None`: the built-in default).
-/// Returns the time, the process's peak RSS in KiB, its CPU seconds and the system part of them.
 async fn drain(
     pg: &PgCluster,
     nats: &NatsServer,
@@ -255,7 +272,7 @@ async fn drain(
     window: usize,
     count: u64,
     script: Option<&str>,
-) -> (Duration, u64, f64, f64) {
+) -> Drained {
     let mut setup = Setup {
         publication: publication.into(),
         ..clone_setup(setup)
@@ -269,6 +286,7 @@ async fn drain(
             std::env::var("BENCH_TYPE").unwrap_or_else(|_| "nats".into())
         ),
     );
+    let broker_before = nats.pid().map_or(0.0, cpu_seconds);
     let started = Instant::now();
     let mut service = Service::start(&yaml);
     let topic = setup.topic.as_str();
@@ -277,6 +295,7 @@ async fn drain(
     })
     .await;
     let took = started.elapsed();
+    let broker_cpu = nats.pid().map_or(0.0, cpu_seconds) - broker_before;
     let peak = peak_rss_kib(service.pid());
     let (user, system) = cpu_split(service.pid());
     if std::env::var("BENCH_SWITCHES").is_ok_and(|v| v == "1") {
@@ -286,7 +305,13 @@ async fn drain(
         );
     }
     tokio::task::block_in_place(|| service.terminate());
-    (took, peak, user + system, system)
+    Drained {
+        took,
+        peak_kib: peak,
+        cpu: user + system,
+        system,
+        broker_cpu,
+    }
 }
 
 /// The process's CPU time so far (user + system), from /proc.

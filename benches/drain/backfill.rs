@@ -56,7 +56,7 @@ pub async fn backfill_case(pg: &PgCluster, nats: &NatsServer) {
 
     // The INSERT drain.
     let script = std::env::var("BENCH_SCRIPT").ok();
-    let (took, _, _, _) = crate::drain(
+    let took = crate::drain(
         pg,
         nats,
         &inserts,
@@ -65,7 +65,8 @@ pub async fn backfill_case(pg: &PgCluster, nats: &NatsServer) {
         rows,
         script.as_deref(),
     )
-    .await;
+    .await
+    .took;
     let drain = rows as f64 / took.as_secs_f64();
     let _ = nats.jetstream().await.delete_stream(&inserts.topic).await;
 

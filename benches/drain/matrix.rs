@@ -20,12 +20,23 @@
 //!
 //! The heavy shapes have fewer rows so that the whole matrix runs in a few minutes. Every count
 //! scales with `BENCH_ROWS` (e.g. `BENCH_ROWS=20000` for a tenth, as under a profiler).
+//!
+//! Two more columns say how much of the drain's time is the broker's: nats-server's own CPU per
+//! event during the drain, and **JetStream alone** — the rate at which this machine's
+//! nats-server stores the same messages (the first one wal-listener published, copied with a
+//! fresh `Nats-Msg-Id` each) when a bare async-nats publisher sends them the way the service
+//! does (one ack inbox, the same window). On 2 cores shared by the walsender, nats-server and
+//! the service, that rate — not pg_recvlogical's — is the ceiling for any JetStream publisher.
 
 use std::time::Duration;
 
+use std::time::Instant;
+
+use futures::StreamExt;
+
 use super::support::service::Setup;
-use super::support::{NatsServer, PgCluster};
-use super::{DEFAULT_WINDOW, drain, time_pg_recvlogical};
+use super::support::{NatsServer, PgCluster, StoredMessage};
+use super::{DEFAULT_WINDOW, Drained, cpu_seconds, drain, time_pg_recvlogical};
 
 /// The user script of issue 14: route by a column value into one of 16 subjects, add a
 /// header, publish the event as it is.
@@ -159,6 +170,8 @@ struct Cell {
     rate: f64,
     baseline: f64,
     cpu_us: f64,
+    /// nats-server's CPU µs per event during the drain.
+    broker_us: f64,
     rss_mib: f64,
 }
 
@@ -205,6 +218,7 @@ pub async fn run(pg: &PgCluster, nats: &NatsServer, narrow_rows: u64, repeat: us
         let end_lsn = pg.psql("SELECT pg_current_wal_lsn()");
         println!("{}: {} rows written in {:.1?}", w.name, w.rows, started.elapsed());
         let mut cells: Vec<Vec<Cell>> = scripts.iter().map(|_| Vec::new()).collect();
+        let mut alone = Vec::new();
         for r in 0..repeat {
             for (i, (script, path, program)) in scripts.iter().enumerate() {
                 let Some((_, ours, baseline)) = pairs.iter().filter(|p| p.0 == *script).nth(r) else {
@@ -212,19 +226,30 @@ pub async fn run(pg: &PgCluster, nats: &NatsServer, narrow_rows: u64, repeat: us
                 };
                 super::support::service::set_program(program.clone());
                 let took = time_pg_recvlogical(pg, baseline, &end_lsn);
-                let (drained, peak_kib, cpu, system) =
-                    drain(pg, nats, ours, "pub_bench", DEFAULT_WINDOW, w.rows, *path).await;
-                let cell = cell(w.rows, took, drained, cpu, peak_kib);
+                let drained = drain(pg, nats, ours, "pub_bench", DEFAULT_WINDOW, w.rows, *path).await;
+                let cell = cell(w.rows, took, &drained);
                 println!(
-                    "  {script:<7} pg_recvlogical {:>7.0} rows/s, wal-listener {:>7.0} rows/s, ratio {:.2}, CPU {:.2} µs/event ({:.2} system), peak RSS {:.1} MiB",
+                    "  {script:<7} pg_recvlogical {:>7.0} rows/s, wal-listener {:>7.0} rows/s, ratio {:.2}, CPU {:.2} µs/event ({:.2} system), nats-server {:.2} µs/event, peak RSS {:.1} MiB",
                     cell.baseline,
                     cell.rate,
                     cell.ratio,
                     cell.cpu_us,
-                    system * 1e6 / w.rows as f64,
+                    drained.system * 1e6 / w.rows as f64,
+                    cell.broker_us,
                     cell.rss_mib
                 );
                 cells[i].push(cell);
+                if *script == "default" {
+                    let template = first_message(nats, &ours.topic).await;
+                    let (took, broker) =
+                        jetstream_alone(nats, &template, w.rows, DEFAULT_WINDOW, &format!("{}_{r}", w.name)).await;
+                    let rate = w.rows as f64 / took.as_secs_f64();
+                    println!(
+                        "  JetStream alone {rate:>7.0} rows/s, nats-server {:.2} µs/event",
+                        broker * 1e6 / w.rows as f64
+                    );
+                    alone.push(rate);
+                }
                 let _ = nats.jetstream().await.delete_stream(&ours.topic).await;
                 for slot in [ours.slot.as_str(), baseline.as_str()] {
                     pg.psql(&format!("SELECT pg_drop_replication_slot('{slot}')"));
@@ -232,32 +257,110 @@ pub async fn run(pg: &PgCluster, nats: &NatsServer, narrow_rows: u64, repeat: us
             }
         }
         super::support::service::set_program(None);
+        alone.sort_by(f64::total_cmp);
+        let alone = alone.get(alone.len() / 2).copied().unwrap_or(f64::NAN);
         for ((script, ..), cells) in scripts.iter().zip(cells) {
-            table.push((w.name, w.rows, *script, median(cells)));
+            table.push((w.name, w.rows, *script, median(cells), alone));
         }
     }
     println!(
-        "\n| workload | rows | script | pg_recvlogical rows/s | wal-listener rows/s | ratio | CPU µs/event | peak RSS MiB |"
+        "\n| workload | rows | script | pg_recvlogical rows/s | wal-listener rows/s | ratio | CPU µs/event | nats-server µs/event | JetStream alone rows/s | ratio to it | peak RSS MiB |"
     );
-    println!("|---|---:|---|---:|---:|---:|---:|---:|");
-    for (name, rows, script, c) in table {
+    println!("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (name, rows, script, c, alone) in table {
         println!(
-            "| {name} | {rows} | {script} | {:.0} | {:.0} | {:.2} | {:.2} | {:.1} |",
-            c.baseline, c.rate, c.ratio, c.cpu_us, c.rss_mib
+            "| {name} | {rows} | {script} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {alone:.0} | {:.2} | {:.1} |",
+            c.baseline,
+            c.rate,
+            c.ratio,
+            c.cpu_us,
+            c.broker_us,
+            c.rate / alone,
+            c.rss_mib
         );
     }
     println!("(median of {repeat} runs each; peak RSS the largest)");
 }
 
-fn cell(rows: u64, baseline: Duration, ours: Duration, cpu: f64, peak_kib: u64) -> Cell {
-    let rate = rows as f64 / ours.as_secs_f64();
+/// The first message of `stream`, as the service stored it.
+async fn first_message(nats: &NatsServer, stream: &str) -> StoredMessage {
+    let js = nats.jetstream().await;
+    let stream = js
+        .get_stream(stream)
+        .await
+        .unwrap_or_else(|e| panic!("the drain's stream {stream}: {e}"));
+    stream
+        .get_raw_message(1)
+        .await
+        .unwrap_or_else(|e| panic!("the drain's first message: {e}"))
+        .into()
+}
+
+/// The broker's ceiling for one workload: `rows` copies of `template` (its headers, a fresh
+/// `Nats-Msg-Id` each, subjects spread over 16) published into a stream of their own the way
+/// the service publishes — replies on one inbox subscription, at most `window` unacknowledged
+/// — and timed until the last PubAck. Returns the time and nats-server's CPU seconds in it.
+async fn jetstream_alone(
+    nats: &NatsServer,
+    template: &StoredMessage,
+    rows: u64,
+    window: usize,
+    tag: &str,
+) -> (std::time::Duration, f64) {
+    let stream = format!("alone_{tag}");
+    nats.create_stream(&stream, &[&format!("{stream}.>")]).await;
+    let client = nats.client().await;
+    let inbox = client.new_inbox();
+    let mut acks = client
+        .subscribe(format!("{inbox}.*"))
+        .await
+        .expect("subscribe to the ack inbox");
+    let mut headers = async_nats::HeaderMap::new();
+    for (name, value) in template.headers.iter().filter(|(n, _)| n != "Nats-Msg-Id") {
+        headers.append(name.as_str(), value.as_str());
+    }
+    let payload = bytes::Bytes::from(template.payload.clone());
+    let broker_before = nats.pid().map_or(0.0, cpu_seconds);
+    let started = Instant::now();
+    let (mut sent, mut acked) = (0u64, 0u64);
+    while acked < rows {
+        while sent < rows && sent - acked < window as u64 {
+            let mut h = headers.clone();
+            h.insert("Nats-Msg-Id", format!("alone-{sent}").as_str());
+            client
+                .publish_with_reply_and_headers(
+                    format!("{stream}.bench.{}", sent % 16),
+                    format!("{inbox}.{sent}"),
+                    h,
+                    payload.clone(),
+                )
+                .await
+                .expect("publish");
+            sent += 1;
+        }
+        let ack = acks.next().await.expect("the ack inbox closed");
+        assert!(
+            ack.status.is_none() && !ack.payload.windows(7).any(|w| w == b"\"error\""),
+            "JetStream did not store a message: {ack:?}"
+        );
+        acked += 1;
+    }
+    let took = started.elapsed();
+    let broker = nats.pid().map_or(0.0, cpu_seconds) - broker_before;
+    let _ = nats.jetstream().await.delete_stream(&stream).await;
+    (took, broker)
+}
+
+fn cell(rows: u64, baseline: Duration, ours: &Drained) -> Cell {
+    let rate = rows as f64 / ours.took.as_secs_f64();
     let baseline = rows as f64 / baseline.as_secs_f64();
     Cell {
         ratio: rate / baseline,
         rate,
         baseline,
-        cpu_us: cpu * 1e6 / rows as f64,
-        rss_mib: peak_kib as f64 / 1024.0,
+        cpu_us: ours.cpu * 1e6 / rows as f64,
+        broker_us: ours.broker_cpu * 1e6 / rows as f64,
+        rss_mib: ours.peak_kib as f64 / 1024.0,
     }
 }
 
@@ -265,11 +368,14 @@ fn cell(rows: u64, baseline: Duration, ours: Duration, cpu: f64, peak_kib: u64) 
 fn median(mut cells: Vec<Cell>) -> Cell {
     let mut cpus: Vec<f64> = cells.iter().map(|c| c.cpu_us).collect();
     cpus.sort_by(f64::total_cmp);
+    let mut brokers: Vec<f64> = cells.iter().map(|c| c.broker_us).collect();
+    brokers.sort_by(f64::total_cmp);
     let rss = cells.iter().map(|c| c.rss_mib).fold(0.0, f64::max);
     cells.sort_by(|a, b| a.ratio.total_cmp(&b.ratio));
     let mid = cells.len() / 2;
     let mut c = cells.swap_remove(mid);
     c.cpu_us = cpus[cpus.len() / 2];
+    c.broker_us = brokers[brokers.len() / 2];
     c.rss_mib = rss;
     c
 }

@@ -169,6 +169,11 @@ impl NatsServer {
         read_log(&self.log_path())
     }
 
+    /// The server process's id while it runs (the benches read its CPU time).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     pub fn is_running(&self) -> bool {
         self.child.is_some()
     }

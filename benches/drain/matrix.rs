@@ -27,6 +27,8 @@
 //! fresh `Nats-Msg-Id` each) when a bare async-nats publisher sends them the way the service
 //! does (one ack inbox, the same window). On 2 cores shared by the walsender, nats-server and
 //! the service, that rate — not pg_recvlogical's — is the ceiling for any JetStream publisher.
+//! `BENCH_ALONE=msg-id-only|no-msg-id` takes parts away from that publisher's messages (the
+//! other headers, deduplication) to show what the broker's cost is made of.
 
 use std::time::Duration;
 
@@ -315,25 +317,33 @@ async fn jetstream_alone(
         .subscribe(format!("{inbox}.*"))
         .await
         .expect("subscribe to the ack inbox");
+    // BENCH_ALONE: what the broker's cost per message is made of. `msg-id-only`: no other
+    // headers; `no-msg-id`: no deduplication. (Without a reply subject JetStream may drop
+    // messages when its ingest queue is full, so a run without PubAcks cannot be timed.)
+    let variant = std::env::var("BENCH_ALONE").unwrap_or_default();
+    let msg_id = variant != "no-msg-id";
     let mut headers = async_nats::HeaderMap::new();
-    for (name, value) in template.headers.iter().filter(|(n, _)| n != "Nats-Msg-Id") {
-        headers.append(name.as_str(), value.as_str());
+    if variant != "msg-id-only" {
+        for (name, value) in template.headers.iter().filter(|(n, _)| n != "Nats-Msg-Id") {
+            headers.append(name.as_str(), value.as_str());
+        }
     }
     let payload = bytes::Bytes::from(template.payload.clone());
     let broker_before = nats.pid().map_or(0.0, cpu_seconds);
     let started = Instant::now();
+    let message = |sent: u64| {
+        let mut h = headers.clone();
+        if msg_id {
+            h.insert("Nats-Msg-Id", format!("alone-{sent}").as_str());
+        }
+        (format!("{stream}.bench.{}", sent % 16), h)
+    };
     let (mut sent, mut acked) = (0u64, 0u64);
     while acked < rows {
         while sent < rows && sent - acked < window as u64 {
-            let mut h = headers.clone();
-            h.insert("Nats-Msg-Id", format!("alone-{sent}").as_str());
+            let (subject, h) = message(sent);
             client
-                .publish_with_reply_and_headers(
-                    format!("{stream}.bench.{}", sent % 16),
-                    format!("{inbox}.{sent}"),
-                    h,
-                    payload.clone(),
-                )
+                .publish_with_reply_and_headers(subject, format!("{inbox}.{sent}"), h, payload.clone())
                 .await
                 .expect("publish");
             sent += 1;

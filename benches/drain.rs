@@ -26,8 +26,10 @@
 //! `BENCH_ONLY=matrix` runs only the workload matrix instead (`drain/matrix.rs`): narrow
 //! inserts, updates with REPLICA IDENTITY DEFAULT and FULL, wide rows, single-row transactions
 //! and large text, each for the built-in default script and a typical user script, as ratios
-//! to `pg_recvlogical` with CPU µs/event and peak RSS, printed as one markdown table;
-//! `BENCH_WORKLOADS=narrow,update,…` picks workloads.
+//! to `pg_recvlogical` with CPU µs/event and peak RSS, beside nats-server's CPU µs/event and
+//! the rate of the same messages from a bare publisher ("JetStream alone", the broker's
+//! ceiling), printed as one markdown table; `BENCH_WORKLOADS=narrow,update,…` picks workloads,
+//! `BENCH_ALONE=msg-id-only|no-msg-id` varies the bare publisher's messages.
 //!
 //! `WAL_LISTENER_WRAP="valgrind --tool=callgrind …"` runs the service under a profiler;
 //! `BENCH_SWITCHES=1` prints its context switches per event after each drain.

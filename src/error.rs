@@ -141,6 +141,14 @@ impl Error {
         }
     }
 
+    /// This failure, keeping the library error it came from.
+    pub fn with_source(self, source: impl std::error::Error + Send + Sync + 'static) -> Error {
+        Error {
+            source: Some(Box::new(source)),
+            ..self
+        }
+    }
+
     /// JetStream answered "no responders" to a publish to `subject`.
     pub fn no_responders(subject: &str) -> Error {
         Error {

@@ -3,7 +3,7 @@
 //! `check --connect` prints them, so the two can never disagree about what is wrong.
 
 use crate::config::Config;
-use crate::error::Result;
+use crate::error::{Error, Kind, Result};
 use crate::lsn::Lsn;
 
 use super::sql::{classify, query_one};
@@ -255,4 +255,28 @@ pub(crate) async fn publication(client: &tokio_postgres::Client, name: &str) -> 
             .collect(),
         tables: row.get(5),
     }))
+}
+
+/// The slot is gone while the service ran — found missing on a reconnect, by the slot watch
+/// while streaming, or refused at `START_REPLICATION` when it went in between: one message,
+/// wherever it is found.
+pub(crate) fn slot_lost(name: &str) -> Error {
+    Error::new(
+        Kind::SlotLost,
+        format!(
+            "replication slot {name:?} disappeared while wal-listener was running (dropped by someone, or a failover to a server without a synchronised copy — see listener.failoverSlot): the changes it held since the last confirmed position are lost; restart wal-listener to create a new slot from the current position, and re-sync consumers for the gap"
+        ),
+    )
+}
+
+/// The publication is gone while the service ran (recreating it `FOR ALL TABLES` could publish
+/// tables a narrower one left out, so it is not recreated): one message, wherever it is found.
+pub(crate) fn publication_lost(publication: &str) -> Error {
+    Error::new(
+        Kind::SlotLost,
+        format!(
+            "publication {publication:?} disappeared while wal-listener was running (dropped by someone?): changes are not published without it; recreate it with the tables it should publish (e.g. CREATE PUBLICATION {} FOR ALL TABLES), then restart wal-listener, and re-sync consumers for changes made while it was missing",
+            super::sql::quote_ident(publication)
+        ),
+    )
 }

@@ -54,7 +54,9 @@ impl PgwireReplication {
             cfg = cfg.with_tls(tls_config(config)?);
         }
         let mut client = if make_failover {
-            let mut client = ReplicationClient::connect_gated(cfg).await.map_err(classify)?;
+            let mut client = ReplicationClient::connect_gated(cfg)
+                .await
+                .map_err(|e| classify_start(e, config))?;
             let slot = &config.listener.slot_name;
             client
                 .simple_query(&format!("ALTER_REPLICATION_SLOT {slot} ( FAILOVER true )"))
@@ -68,14 +70,16 @@ impl PgwireReplication {
                     )
                 })?;
             tracing::info!(slot = %slot, "switched the replication slot to a failover slot");
-            client.start().await.map_err(classify)?;
+            client.start().await.map_err(|e| classify_start(e, config))?;
             client
         } else {
-            ReplicationClient::connect(cfg).await.map_err(classify)?
+            ReplicationClient::connect(cfg)
+                .await
+                .map_err(|e| classify_start(e, config))?
         };
         match tokio::time::timeout(Duration::from_secs(60), client.wait_started()).await {
             Ok(Ok(())) => Ok(PgwireReplication { client }),
-            Ok(Err(e)) => Err(classify(e)),
+            Ok(Err(e)) => Err(classify_start(e, config)),
             Err(_) => Err(Error::new(
                 Kind::PgUnavailable,
                 "START_REPLICATION was not answered within 60s; retrying",
@@ -122,19 +126,16 @@ fn classify(e: pgwire_replication::PgWireError) -> Error {
         ),
         E::Server(ref msg) if msg.contains("55006") || msg.contains("is active for PID") => (Kind::SlotBusy, text),
         E::Server(ref msg) if is_fatal_server_error(msg) => {
-            let lower = msg.to_ascii_lowercase();
-            let (kind, hint) = if lower.contains("publication") && lower.contains("does not exist") {
-                (
+            let (kind, hint) = match missing(msg) {
+                Some(Missing::Publication) => (
                     Kind::SlotLost,
                     " (dropped while wal-listener ran?): recreate it with the tables it should publish (e.g. CREATE PUBLICATION … FOR ALL TABLES), then restart wal-listener",
-                )
-            } else if lower.contains("replication slot") && lower.contains("does not exist") {
-                (
+                ),
+                Some(Missing::Slot) => (
                     Kind::SlotLost,
                     " (dropped while wal-listener ran?): the changes it held are lost; restart wal-listener to create a new slot, and re-sync consumers for the gap",
-                )
-            } else {
-                (Kind::PgRefused, "")
+                ),
+                None => (Kind::PgRefused, ""),
             };
             (kind, format!("PostgreSQL refused replication: {text}{hint}"))
         }
@@ -147,12 +148,45 @@ fn classify(e: pgwire_replication::PgWireError) -> Error {
     Error::caused_by(kind, message, e)
 }
 
+/// [`classify`] while starting the stream, where a missing slot or publication is the one the
+/// config names — dropped between the setup's look and `START_REPLICATION`: the same message as
+/// when the setup or the slot watch finds it missing.
+fn classify_start(e: pgwire_replication::PgWireError, config: &Config) -> Error {
+    let missing = match &e {
+        pgwire_replication::PgWireError::Server(msg) => missing(msg),
+        _ => None,
+    };
+    match missing {
+        Some(Missing::Slot) => super::inspect::slot_lost(&config.listener.slot_name).with_source(e),
+        Some(Missing::Publication) => super::inspect::publication_lost(&config.listener.publication).with_source(e),
+        None => classify(e),
+    }
+}
+
+/// What a server error says is missing.
+enum Missing {
+    Slot,
+    Publication,
+}
+
+fn missing(msg: &str) -> Option<Missing> {
+    let lower = msg.to_ascii_lowercase();
+    if !lower.contains("does not exist") {
+        None
+    } else if lower.contains("publication") {
+        Some(Missing::Publication)
+    } else if lower.contains("replication slot") {
+        Some(Missing::Slot)
+    } else {
+        None
+    }
+}
+
 /// Server errors no retry can fix: a missing slot or publication (dropped by someone while we
 /// ran), a wrong plugin, a missing privilege.
 fn is_fatal_server_error(msg: &str) -> bool {
     let m = msg.to_ascii_lowercase();
-    (m.contains("replication slot") && m.contains("does not exist"))
-        || (m.contains("publication") && m.contains("does not exist"))
+    missing(msg).is_some()
         || m.contains("permission denied")
         || m.contains("must be superuser or replication role")
         || m.contains("42704")
@@ -220,5 +254,56 @@ impl Replication for PgwireReplication {
 impl Drop for PgwireReplication {
     fn drop(&mut self) {
         self.client.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgwire_replication::PgWireError;
+
+    fn config() -> Config {
+        let yaml = "listener:\n  slotName: orders_slot\n  publication: orders_pub\n";
+        Config::from_yaml(yaml, &[], std::path::PathBuf::new())
+            .expect("config")
+            .0
+    }
+
+    /// A slot or publication dropped between the setup's look and START_REPLICATION gets the
+    /// message the setup and the slot watch give, naming what to do; other refusals keep theirs.
+    #[test]
+    fn a_missing_slot_or_publication_at_start_is_named_as_elsewhere() {
+        let config = config();
+        let slot = classify_start(
+            PgWireError::Server(r#"replication slot "orders_slot" does not exist (SQLSTATE 42704)"#.into()),
+            &config,
+        );
+        assert_eq!(slot.kind(), Kind::SlotLost);
+        assert_eq!(
+            slot.to_string(),
+            super::super::inspect::slot_lost("orders_slot").to_string()
+        );
+        assert!(
+            slot.to_string().contains("disappeared while wal-listener was running"),
+            "{slot}"
+        );
+        let publication = classify_start(
+            PgWireError::Server(r#"publication "orders_pub" does not exist (SQLSTATE 42704)"#.into()),
+            &config,
+        );
+        assert_eq!(publication.kind(), Kind::SlotLost);
+        assert_eq!(
+            publication.to_string(),
+            super::super::inspect::publication_lost("orders_pub").to_string()
+        );
+        let refused = classify_start(
+            PgWireError::Server("permission denied to start WAL sender (SQLSTATE 42501)".into()),
+            &config,
+        );
+        assert_eq!(refused.kind(), Kind::PgRefused);
+        assert!(
+            refused.to_string().starts_with("PostgreSQL refused replication"),
+            "{refused}"
+        );
     }
 }

@@ -56,14 +56,7 @@ pub async fn prepare(config: &Config, slot_seen: bool) -> Result<Prepared> {
     let name = &config.listener.slot_name;
     let slot = match inspect::slot(&client, name).await? {
         Some(slot) => slot,
-        None if slot_seen => {
-            return Err(Error::new(
-                Kind::SlotLost,
-                format!(
-                    "replication slot {name:?} disappeared while wal-listener was running (dropped by someone, or a failover to a server without a synchronised copy — see listener.failoverSlot): the changes it held since the last confirmed position are lost; restart wal-listener to create a new slot from the current position, and re-sync consumers for the gap"
-                ),
-            ));
-        }
+        None if slot_seen => return Err(inspect::slot_lost(name)),
         None => {
             let slot = create_slot(&client, name, config.listener.failover_slot).await?;
             if config.listener.snapshot == Snapshot::Initial
@@ -175,13 +168,7 @@ async fn ensure_publication(config: &Config, client: &tokio_postgres::Client, sl
     }
     if slot_seen {
         // Recreating it FOR ALL TABLES could publish tables a narrower publication left out.
-        return Err(Error::new(
-            Kind::SlotLost,
-            format!(
-                "publication {publication:?} disappeared while wal-listener was running (dropped by someone?): recreate it with the tables it should publish (e.g. CREATE PUBLICATION {} FOR ALL TABLES), then restart wal-listener",
-                quote_ident(publication)
-            ),
-        ));
+        return Err(inspect::publication_lost(publication));
     }
     let sql = format!("CREATE PUBLICATION {} FOR ALL TABLES", quote_ident(publication));
     match client.batch_execute(&sql).await {

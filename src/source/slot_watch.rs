@@ -63,24 +63,13 @@ impl SlotWatch {
         let (client, config) = (&self.client, &self.config);
         let name = &config.listener.slot_name;
         let Some(slot) = inspect::slot(client, name).await? else {
-            return Err(Error::new(
-                Kind::SlotLost,
-                format!(
-                    "replication slot {name:?} disappeared while wal-listener was streaming (dropped by someone?): the changes it held since the last confirmed position are lost; restart wal-listener to create a new slot from the current position, and re-sync consumers for the gap"
-                ),
-            ));
+            return Err(inspect::slot_lost(name));
         };
         let publication = &config.listener.publication;
         if inspect::publication(client, publication).await?.is_none() {
             // PostgreSQL 18's pgoutput streams on without a dropped publication (with a
             // warning in the server log) where older versions end the stream with an error.
-            return Err(Error::new(
-                Kind::SlotLost,
-                format!(
-                    "publication {publication:?} does not exist any more (dropped while wal-listener ran?): changes are not published without it; recreate it with the tables it should publish (e.g. CREATE PUBLICATION {} FOR ALL TABLES), then restart wal-listener, and re-sync consumers for changes made while it was missing",
-                    super::sql::quote_ident(publication)
-                ),
-            ));
+            return Err(inspect::publication_lost(publication));
         }
         if let Some(reason) = slot.invalidated() {
             return Err(Error::new(

@@ -18,6 +18,23 @@ use crate::error::{Error, Kind, Result};
 /// A started logical replication stream.
 pub struct PgwireReplication {
     client: ReplicationClient,
+    /// The configured slot and publication, named when the server says one is missing.
+    names: Names,
+}
+
+/// The slot and publication a stream reads.
+struct Names {
+    slot: String,
+    publication: String,
+}
+
+impl Names {
+    fn of(config: &Config) -> Names {
+        Names {
+            slot: config.listener.slot_name.clone(),
+            publication: config.listener.publication.clone(),
+        }
+    }
 }
 
 impl PgwireReplication {
@@ -27,6 +44,7 @@ impl PgwireReplication {
     /// (`ALTER_REPLICATION_SLOT`, a replication command).
     pub async fn start(config: &Config, start: Lsn, make_failover: bool) -> Result<Self> {
         let db = &config.database;
+        let names = Names::of(config);
         let password = db.password.as_ref().map(config::Secret::expose).unwrap_or_default();
         // The crate interpolates the name unquoted: quote it, so any name works.
         let publication = super::sql::quote_ident(&config.listener.publication);
@@ -56,7 +74,7 @@ impl PgwireReplication {
         let mut client = if make_failover {
             let mut client = ReplicationClient::connect_gated(cfg)
                 .await
-                .map_err(|e| classify_start(e, config))?;
+                .map_err(|e| classify_named(e, &names))?;
             let slot = &config.listener.slot_name;
             client
                 .simple_query(&format!("ALTER_REPLICATION_SLOT {slot} ( FAILOVER true )"))
@@ -70,16 +88,16 @@ impl PgwireReplication {
                     )
                 })?;
             tracing::info!(slot = %slot, "switched the replication slot to a failover slot");
-            client.start().await.map_err(|e| classify_start(e, config))?;
+            client.start().await.map_err(|e| classify_named(e, &names))?;
             client
         } else {
             ReplicationClient::connect(cfg)
                 .await
-                .map_err(|e| classify_start(e, config))?
+                .map_err(|e| classify_named(e, &names))?
         };
         match tokio::time::timeout(Duration::from_secs(60), client.wait_started()).await {
-            Ok(Ok(())) => Ok(PgwireReplication { client }),
-            Ok(Err(e)) => Err(classify_start(e, config)),
+            Ok(Ok(())) => Ok(PgwireReplication { client, names }),
+            Ok(Err(e)) => Err(classify_named(e, &names)),
             Err(_) => Err(Error::new(
                 Kind::PgUnavailable,
                 "START_REPLICATION was not answered within 60s; retrying",
@@ -148,17 +166,18 @@ fn classify(e: pgwire_replication::PgWireError) -> Error {
     Error::caused_by(kind, message, e)
 }
 
-/// [`classify`] while starting the stream, where a missing slot or publication is the one the
-/// config names — dropped between the setup's look and `START_REPLICATION`: the same message as
-/// when the setup or the slot watch finds it missing.
-fn classify_start(e: pgwire_replication::PgWireError, config: &Config) -> Error {
+/// [`classify`] for this stream, whose slot and publication are known: a missing one — dropped
+/// between the setup's look and `START_REPLICATION`, or while streaming (PostgreSQL 15–17 end
+/// the stream when the publication goes) — gets the same message as when the setup or the slot
+/// watch finds it missing (`inspect::slot_lost`, `inspect::publication_lost`).
+fn classify_named(e: pgwire_replication::PgWireError, names: &Names) -> Error {
     let missing = match &e {
         pgwire_replication::PgWireError::Server(msg) => missing(msg),
         _ => None,
     };
     match missing {
-        Some(Missing::Slot) => super::inspect::slot_lost(&config.listener.slot_name).with_source(e),
-        Some(Missing::Publication) => super::inspect::publication_lost(&config.listener.publication).with_source(e),
+        Some(Missing::Slot) => super::inspect::slot_lost(&names.slot).with_source(e),
+        Some(Missing::Publication) => super::inspect::publication_lost(&names.publication).with_source(e),
         None => classify(e),
     }
 }
@@ -197,7 +216,7 @@ impl Replication for PgwireReplication {
         let event = match self.client.recv().await {
             Ok(Some(event)) => event,
             Ok(None) => return Ok(None),
-            Err(e) => return Err(classify(e)),
+            Err(e) => return Err(classify_named(e, &self.names)),
         };
         Ok(Some(match event {
             ReplicationEvent::XLogData { data, wal_end, .. } => Frame::Data {
@@ -262,19 +281,21 @@ mod tests {
     use super::*;
     use pgwire_replication::PgWireError;
 
-    fn config() -> Config {
+    fn names() -> Names {
         let yaml = "listener:\n  slotName: orders_slot\n  publication: orders_pub\n";
-        Config::from_yaml(yaml, &[], std::path::PathBuf::new())
+        let config = Config::from_yaml(yaml, &[], std::path::PathBuf::new())
             .expect("config")
-            .0
+            .0;
+        Names::of(&config)
     }
 
-    /// A slot or publication dropped between the setup's look and START_REPLICATION gets the
-    /// message the setup and the slot watch give, naming what to do; other refusals keep theirs.
+    /// A slot or publication the server says is missing (at START_REPLICATION, or mid-stream)
+    /// gets the message the setup and the slot watch give, naming what to do; other refusals
+    /// keep theirs.
     #[test]
-    fn a_missing_slot_or_publication_at_start_is_named_as_elsewhere() {
-        let config = config();
-        let slot = classify_start(
+    fn a_missing_slot_or_publication_is_named_as_elsewhere() {
+        let config = names();
+        let slot = classify_named(
             PgWireError::Server(r#"replication slot "orders_slot" does not exist (SQLSTATE 42704)"#.into()),
             &config,
         );
@@ -287,7 +308,7 @@ mod tests {
             slot.to_string().contains("disappeared while wal-listener was running"),
             "{slot}"
         );
-        let publication = classify_start(
+        let publication = classify_named(
             PgWireError::Server(r#"publication "orders_pub" does not exist (SQLSTATE 42704)"#.into()),
             &config,
         );
@@ -296,7 +317,7 @@ mod tests {
             publication.to_string(),
             super::super::inspect::publication_lost("orders_pub").to_string()
         );
-        let refused = classify_start(
+        let refused = classify_named(
             PgWireError::Server("permission denied to start WAL sender (SQLSTATE 42501)".into()),
             &config,
         );

@@ -74,7 +74,7 @@ impl PgwireReplication {
         let mut client = if make_failover {
             let mut client = ReplicationClient::connect_gated(cfg)
                 .await
-                .map_err(|e| classify_named(e, &names))?;
+                .map_err(|e| classify(e, &names))?;
             let slot = &config.listener.slot_name;
             client
                 .simple_query(&format!("ALTER_REPLICATION_SLOT {slot} ( FAILOVER true )"))
@@ -88,16 +88,14 @@ impl PgwireReplication {
                     )
                 })?;
             tracing::info!(slot = %slot, "switched the replication slot to a failover slot");
-            client.start().await.map_err(|e| classify_named(e, &names))?;
+            client.start().await.map_err(|e| classify(e, &names))?;
             client
         } else {
-            ReplicationClient::connect(cfg)
-                .await
-                .map_err(|e| classify_named(e, &names))?
+            ReplicationClient::connect(cfg).await.map_err(|e| classify(e, &names))?
         };
         match tokio::time::timeout(Duration::from_secs(60), client.wait_started()).await {
             Ok(Ok(())) => Ok(PgwireReplication { client, names }),
-            Ok(Err(e)) => Err(classify_named(e, &names)),
+            Ok(Err(e)) => Err(classify(e, &names)),
             Err(_) => Err(Error::new(
                 Kind::PgUnavailable,
                 "START_REPLICATION was not answered within 60s; retrying",
@@ -127,8 +125,12 @@ fn tls_config(config: &Config) -> Result<TlsConfig> {
     Ok(tls)
 }
 
-/// Name what the crate's error means; [`crate::error`] decides what to do about it.
-fn classify(e: pgwire_replication::PgWireError) -> Error {
+/// Name what the crate's error means; [`crate::error`] decides what to do about it. A missing
+/// slot or publication is this stream's (`names`) — dropped between the setup's look and
+/// `START_REPLICATION`, or while streaming (PostgreSQL 15–17 end the stream when the
+/// publication goes) — and gets the same message as when the setup or the slot watch finds it
+/// missing (`inspect::slot_lost`, `inspect::publication_lost`).
+fn classify(e: pgwire_replication::PgWireError, names: &Names) -> Error {
     use pgwire_replication::PgWireError as E;
     let text = e.to_string();
     let (kind, message) = match e {
@@ -143,20 +145,11 @@ fn classify(e: pgwire_replication::PgWireError) -> Error {
             format!("TLS to PostgreSQL failed: {text} (check database.sslMode and database.sslRootCert)"),
         ),
         E::Server(ref msg) if msg.contains("55006") || msg.contains("is active for PID") => (Kind::SlotBusy, text),
-        E::Server(ref msg) if is_fatal_server_error(msg) => {
-            let (kind, hint) = match missing(msg) {
-                Some(Missing::Publication) => (
-                    Kind::SlotLost,
-                    " (dropped while wal-listener ran?): recreate it with the tables it should publish (e.g. CREATE PUBLICATION … FOR ALL TABLES), then restart wal-listener",
-                ),
-                Some(Missing::Slot) => (
-                    Kind::SlotLost,
-                    " (dropped while wal-listener ran?): the changes it held are lost; restart wal-listener to create a new slot, and re-sync consumers for the gap",
-                ),
-                None => (Kind::PgRefused, ""),
-            };
-            (kind, format!("PostgreSQL refused replication: {text}{hint}"))
-        }
+        E::Server(ref msg) if is_fatal_server_error(msg) => match missing(msg) {
+            Some(Missing::Slot) => return super::inspect::slot_lost(&names.slot).with_source(e),
+            Some(Missing::Publication) => return super::inspect::publication_lost(&names.publication).with_source(e),
+            None => (Kind::PgRefused, format!("PostgreSQL refused replication: {text}")),
+        },
         E::MessageTooLarge { .. } => (
             Kind::Protocol,
             format!("replication connection: {text}; please report this with the PostgreSQL version"),
@@ -164,22 +157,6 @@ fn classify(e: pgwire_replication::PgWireError) -> Error {
         _ => (Kind::PgUnavailable, format!("replication connection: {text}; retrying")),
     };
     Error::caused_by(kind, message, e)
-}
-
-/// [`classify`] for this stream, whose slot and publication are known: a missing one — dropped
-/// between the setup's look and `START_REPLICATION`, or while streaming (PostgreSQL 15–17 end
-/// the stream when the publication goes) — gets the same message as when the setup or the slot
-/// watch finds it missing (`inspect::slot_lost`, `inspect::publication_lost`).
-fn classify_named(e: pgwire_replication::PgWireError, names: &Names) -> Error {
-    let missing = match &e {
-        pgwire_replication::PgWireError::Server(msg) => missing(msg),
-        _ => None,
-    };
-    match missing {
-        Some(Missing::Slot) => super::inspect::slot_lost(&names.slot).with_source(e),
-        Some(Missing::Publication) => super::inspect::publication_lost(&names.publication).with_source(e),
-        None => classify(e),
-    }
 }
 
 /// What a server error says is missing.
@@ -216,7 +193,7 @@ impl Replication for PgwireReplication {
         let event = match self.client.recv().await {
             Ok(Some(event)) => event,
             Ok(None) => return Ok(None),
-            Err(e) => return Err(classify_named(e, &self.names)),
+            Err(e) => return Err(classify(e, &self.names)),
         };
         Ok(Some(match event {
             ReplicationEvent::XLogData { data, wal_end, .. } => Frame::Data {
@@ -295,7 +272,7 @@ mod tests {
     #[test]
     fn a_missing_slot_or_publication_is_named_as_elsewhere() {
         let config = names();
-        let slot = classify_named(
+        let slot = classify(
             PgWireError::Server(r#"replication slot "orders_slot" does not exist (SQLSTATE 42704)"#.into()),
             &config,
         );
@@ -308,7 +285,7 @@ mod tests {
             slot.to_string().contains("disappeared while wal-listener was running"),
             "{slot}"
         );
-        let publication = classify_named(
+        let publication = classify(
             PgWireError::Server(r#"publication "orders_pub" does not exist (SQLSTATE 42704)"#.into()),
             &config,
         );
@@ -317,7 +294,7 @@ mod tests {
             publication.to_string(),
             super::super::inspect::publication_lost("orders_pub").to_string()
         );
-        let refused = classify_named(
+        let refused = classify(
             PgWireError::Server("permission denied to start WAL sender (SQLSTATE 42501)".into()),
             &config,
         );

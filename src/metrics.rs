@@ -33,7 +33,6 @@
 //! subject per customer), so each labelled family keeps at most [`MAX_SERIES`] label sets;
 //! further ones are counted under `_other` (and that is logged once).
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
 
@@ -43,6 +42,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use rustc_hash::FxHashMap;
 
 use crate::lsn::Lsn;
 
@@ -457,7 +457,9 @@ pub fn unroutable_dropped() {
 /// like the family (a script that puts ids in subjects would otherwise grow it forever).
 #[derive(Default)]
 pub struct PublishedCounters {
-    by_subject: HashMap<Arc<str>, HashMap<String, Counter>>,
+    /// FxHash: SipHash of the two names was ~9 % of the publishing stage's own work when the
+    /// messages of a transaction go to many subjects (the last-subject shortcut misses).
+    by_subject: FxHashMap<Arc<str>, FxHashMap<String, Counter>>,
     entries: usize,
     /// The last subject and table and their counter: runs of messages to one subject are the
     /// rule, and comparing two short strings is cheaper than hashing them.

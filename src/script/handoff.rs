@@ -22,10 +22,10 @@
 //! becomes a table in one `create_table_from` call, with keys and scalar values pushed straight
 //! onto the Lua stack (no registry reference per value).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use mlua::{Either, Lua, LuaSerdeExt, UserData, UserDataFields, Value as LuaValue};
+use rustc_hash::FxHashMap;
 
 use crate::event::{Action, ChangeEvent, Row, Value};
 
@@ -112,25 +112,39 @@ impl UserData for EventData {
     }
 }
 
-/// Lua strings for relation names and actions, made once per state. Under the memory cap,
-/// creating a string is a protected call; `schema`, `table` and `action` are read for nearly
-/// every event (the default script reads all three), so they come from here.
+/// Lua strings for relation and column names and actions, made once per state. Under the
+/// memory cap, creating a string is a protected call; `schema`, `table` and `action` are read
+/// for nearly every event (the default script reads all three), so they come from here. Column
+/// names are the keys of every `data`/`dataOld` table: pushing a kept string is a copy of a
+/// reference, where `lua_pushlstring` hashes the name and looks it up in Lua's string table
+/// (~390 instructions a column in the drain profile).
 #[derive(Default)]
 pub(crate) struct NameStrings {
-    /// By the address of the relation's shared name (the `Arc` kept here keeps the address
-    /// from being reused for another name).
-    names: HashMap<usize, (Arc<str>, mlua::LuaString)>,
+    /// By the address of the shared name (the `Arc` kept here keeps the address from being
+    /// reused for another name): relation names from the relation cache, column names from
+    /// the relation's columns.
+    names: FxHashMap<usize, (Arc<str>, mlua::LuaString)>,
     actions: [Option<mlua::LuaString>; 6],
 }
 
-/// Relations whose names are kept; past this the cache starts over.
-const NAMES_KEPT: usize = 4096;
+impl NameStrings {
+    /// The string kept for this very name (same allocation), if any.
+    fn get(&self, name: &Arc<str>) -> Option<&mlua::LuaString> {
+        let (kept, string) = self.names.get(&address(name))?;
+        Arc::ptr_eq(kept, name).then_some(string)
+    }
+}
+
+fn address(name: &Arc<str>) -> usize {
+    Arc::as_ptr(name).cast::<u8>() as usize
+}
+
+/// Names kept (relations' and their columns'); past this the cache starts over.
+const NAMES_KEPT: usize = 16384;
 
 fn name_string(lua: &Lua, name: &Arc<str>) -> mlua::Result<mlua::LuaString> {
-    let key = Arc::as_ptr(name).cast::<u8>() as usize;
     if let Some(cache) = lua.app_data_ref::<NameStrings>()
-        && let Some((kept, string)) = cache.names.get(&key)
-        && Arc::ptr_eq(kept, name)
+        && let Some(string) = cache.get(name)
     {
         return Ok(string.clone());
     }
@@ -139,7 +153,7 @@ fn name_string(lua: &Lua, name: &Arc<str>) -> mlua::Result<mlua::LuaString> {
         if cache.names.len() >= NAMES_KEPT {
             cache.names.clear();
         }
-        cache.names.insert(key, (name.clone(), string.clone()));
+        cache.names.insert(address(name), (name.clone(), string.clone()));
     }
     Ok(string)
 }
@@ -170,17 +184,36 @@ fn row_table(lua: &Lua, row: &Row) -> mlua::Result<mlua::Table> {
         }
     }
     let mut nested = nested.into_iter();
-    lua.create_table_from(row.0.iter().map(|(name, value)| {
-        let value = match value {
-            Value::Text(t) => Either::Left(t.as_str()),
-            Value::Null => Either::Right(LuaValue::Nil),
-            Value::Bool(b) => Either::Right(LuaValue::Boolean(*b)),
-            Value::Int(i) => Either::Right(LuaValue::Integer(*i)),
-            Value::Float(f) => Either::Right(LuaValue::Number(*f)),
-            Value::Json(_) | Value::Array(_) => Either::Right(nested.next().unwrap_or(LuaValue::Nil)),
-        };
-        (&**name, value)
-    }))
+    // Column names come from the kept strings; a name not kept yet is pushed as text and kept
+    // afterwards (the cache is borrowed while the table is built).
+    let mut missed = false;
+    let table = {
+        let cache = lua.app_data_ref::<NameStrings>();
+        lua.create_table_from(row.0.iter().map(|(name, value)| {
+            let key = match cache.as_ref().and_then(|c| c.get(name)) {
+                Some(kept) => Either::Left(kept),
+                None => {
+                    missed = true;
+                    Either::Right(&**name)
+                }
+            };
+            let value = match value {
+                Value::Text(t) => Either::Left(t.as_str()),
+                Value::Null => Either::Right(LuaValue::Nil),
+                Value::Bool(b) => Either::Right(LuaValue::Boolean(*b)),
+                Value::Int(i) => Either::Right(LuaValue::Integer(*i)),
+                Value::Float(f) => Either::Right(LuaValue::Number(*f)),
+                Value::Json(_) | Value::Array(_) => Either::Right(nested.next().unwrap_or(LuaValue::Nil)),
+            };
+            (key, value)
+        }))?
+    };
+    if missed {
+        for (name, _) in &row.0 {
+            name_string(lua, name)?;
+        }
+    }
+    Ok(table)
 }
 
 /// A column value as a Lua value; `in_array` turns NULL into `json.null` so sequences keep

@@ -13,8 +13,9 @@
 //! relation carries the same `Arc`s (from the relation cache), and the `Arc`s kept here stop
 //! those addresses from being reused for other names.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+
+use rustc_hash::FxHashMap;
 
 use crate::event::{Action, ChangeEvent};
 
@@ -31,7 +32,7 @@ type Answer = (Arc<str>, Arc<str>, Vec<Routed>);
 #[derive(Default)]
 pub(super) struct Memo {
     /// Behind a mutex only so that the router stays `Sync`; one thread routes.
-    entries: Mutex<HashMap<Key, Answer>>,
+    entries: Mutex<FxHashMap<Key, Answer>>,
 }
 
 fn key(event: &ChangeEvent) -> Option<Key> {

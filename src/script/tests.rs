@@ -352,3 +352,25 @@ fn the_memory_cap_is_back_after_each_field() {
     let r = custom("function route(e) local d = e.data local o = e.dataOld return 'x.' .. e.table .. '.' .. d.id end");
     assert_eq!(subjects(&r, &event("s", "t", "INSERT")), ["x.t.9007199254740993"]);
 }
+
+/// Column names come from strings kept per state (by the address of the relation's shared
+/// name): the second event of a relation, whose rows share those names, gets the same keys and
+/// values as the first, a script changing its `data` table changes nothing for the next event,
+/// and a column of the same name at another address (a relation seen anew) reads the same.
+#[test]
+fn rows_of_one_relation_read_the_same_with_kept_column_names() {
+    let r = custom(
+        "function route(e) local d = e.data local seen = d.id .. ':' .. d.region .. ':' .. #d.tags d.region = 'changed' d.extra = 1 return 'x.' .. seen .. (d.missing == nil and '.none' or '.some') end",
+    );
+    let first = event("s", "t", "INSERT");
+    let mut again = (*first).clone();
+    again.data = first.data.clone();
+    assert!(
+        Arc::ptr_eq(&first.data.0[0].0, &again.data.0[0].0),
+        "the rows share their column names"
+    );
+    let again = Arc::new(again);
+    for e in [&first, &again, &first, &event("s", "t", "INSERT")] {
+        assert_eq!(subjects(&r, e), ["x.9007199254740993:eu:2.none"]);
+    }
+}

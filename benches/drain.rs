@@ -31,7 +31,10 @@
 //! ceiling), printed as one markdown table; `BENCH_WORKLOADS=narrow,update,…` picks workloads,
 //! `BENCH_ALONE=msg-id-only|no-msg-id` varies the bare publisher's messages.
 //!
-//! `WAL_LISTENER_WRAP="valgrind --tool=callgrind …"` runs the service under a profiler;
+//! `WAL_LISTENER_WRAP="valgrind --tool=callgrind …"` runs the service under a profiler; with
+//! `--callgrind-out-file=/dir/cg.%p` in it, the matrix also reports the service's instructions
+//! per event (start-up and shutdown included, ~6 million instructions: use `BENCH_ROWS=20000`
+//! or so, callgrind is ~50× slower);
 //! `BENCH_SWITCHES=1` prints its context switches per event after each drain.
 
 /// `publisher.maxInFlight`'s default.
@@ -262,6 +265,9 @@ struct Drained {
     /// walsender and the service share the cores, so the broker's cost per message bounds the
     /// drain as much as ours.
     broker_cpu: f64,
+    /// The service's instructions, start-up included, when it ran under callgrind with
+    /// `--callgrind-out-file` in `WAL_LISTENER_WRAP` (repeatable where timings are not).
+    instructions: Option<u64>,
 }
 
 /// Start the service on a pre-created slot and time it until `count` messages are stored,
@@ -306,6 +312,7 @@ async fn drain(
             context_switches(service.pid()) as f64 / count as f64
         );
     }
+    let pid = service.pid();
     tokio::task::block_in_place(|| service.terminate());
     Drained {
         took,
@@ -313,7 +320,22 @@ async fn drain(
         cpu: user + system,
         system,
         broker_cpu,
+        instructions: callgrind_instructions(pid),
     }
+}
+
+/// The instruction count callgrind wrote for the process `pid` when it ended, if the service ran
+/// under `WAL_LISTENER_WRAP="valgrind --tool=callgrind --callgrind-out-file=/dir/cg.%p"`.
+fn callgrind_instructions(pid: u32) -> Option<u64> {
+    let wrap = std::env::var("WAL_LISTENER_WRAP").ok()?;
+    let file = wrap
+        .split_whitespace()
+        .find_map(|a| a.strip_prefix("--callgrind-out-file="))?
+        .replace("%p", &pid.to_string());
+    let text = std::fs::read_to_string(&file).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("totals:").or_else(|| l.strip_prefix("summary:")))
+        .and_then(|n| n.split_whitespace().next()?.parse().ok())
 }
 
 /// The process's CPU time so far (user + system), from /proc.

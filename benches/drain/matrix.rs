@@ -175,6 +175,8 @@ struct Cell {
     /// nats-server's CPU µs per event during the drain.
     broker_us: f64,
     rss_mib: f64,
+    /// Instructions per event (start-up included), when the service ran under callgrind.
+    instructions: Option<f64>,
 }
 
 pub async fn run(pg: &PgCluster, nats: &NatsServer, narrow_rows: u64, repeat: usize) {
@@ -231,14 +233,17 @@ pub async fn run(pg: &PgCluster, nats: &NatsServer, narrow_rows: u64, repeat: us
                 let drained = drain(pg, nats, ours, "pub_bench", DEFAULT_WINDOW, w.rows, *path).await;
                 let cell = cell(w.rows, took, &drained);
                 println!(
-                    "  {script:<7} pg_recvlogical {:>7.0} rows/s, wal-listener {:>7.0} rows/s, ratio {:.2}, CPU {:.2} µs/event ({:.2} system), nats-server {:.2} µs/event, peak RSS {:.1} MiB",
+                    "  {script:<7} pg_recvlogical {:>7.0} rows/s, wal-listener {:>7.0} rows/s, ratio {:.2}, CPU {:.2} µs/event ({:.2} system), nats-server {:.2} µs/event, peak RSS {:.1} MiB{}",
                     cell.baseline,
                     cell.rate,
                     cell.ratio,
                     cell.cpu_us,
                     drained.system * 1e6 / w.rows as f64,
                     cell.broker_us,
-                    cell.rss_mib
+                    cell.rss_mib,
+                    cell.instructions
+                        .map(|n| format!(", {n:.0} instructions/event"))
+                        .unwrap_or_default()
                 );
                 cells[i].push(cell);
                 if *script == "default" {
@@ -265,13 +270,24 @@ pub async fn run(pg: &PgCluster, nats: &NatsServer, narrow_rows: u64, repeat: us
             table.push((w.name, w.rows, *script, median(cells), alone));
         }
     }
+    // Under callgrind (see the bench's header) a last column: instructions per event.
+    let profiled = table.iter().any(|(.., c, _)| c.instructions.is_some());
     println!(
-        "\n| workload | rows | script | pg_recvlogical rows/s | wal-listener rows/s | ratio | CPU µs/event | nats-server µs/event | JetStream alone rows/s | ratio to it | peak RSS MiB |"
+        "\n| workload | rows | script | pg_recvlogical rows/s | wal-listener rows/s | ratio | CPU µs/event | nats-server µs/event | JetStream alone rows/s | ratio to it | peak RSS MiB |{}",
+        if profiled { " instructions/event |" } else { "" }
     );
-    println!("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|{}",
+        if profiled { "---:|" } else { "" }
+    );
     for (name, rows, script, c, alone) in table {
+        let instructions = match (profiled, c.instructions) {
+            (false, _) => String::new(),
+            (true, Some(n)) => format!(" {n:.0} |"),
+            (true, None) => " |".to_string(),
+        };
         println!(
-            "| {name} | {rows} | {script} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {alone:.0} | {:.2} | {:.1} |",
+            "| {name} | {rows} | {script} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {alone:.0} | {:.2} | {:.1} |{instructions}",
             c.baseline,
             c.rate,
             c.ratio,
@@ -371,6 +387,7 @@ fn cell(rows: u64, baseline: Duration, ours: &Drained) -> Cell {
         cpu_us: ours.cpu * 1e6 / rows as f64,
         broker_us: ours.broker_cpu * 1e6 / rows as f64,
         rss_mib: ours.peak_kib as f64 / 1024.0,
+        instructions: ours.instructions.map(|n| n as f64 / rows as f64),
     }
 }
 
@@ -381,11 +398,14 @@ fn median(mut cells: Vec<Cell>) -> Cell {
     let mut brokers: Vec<f64> = cells.iter().map(|c| c.broker_us).collect();
     brokers.sort_by(f64::total_cmp);
     let rss = cells.iter().map(|c| c.rss_mib).fold(0.0, f64::max);
+    let mut instructions: Vec<f64> = cells.iter().filter_map(|c| c.instructions).collect();
+    instructions.sort_by(f64::total_cmp);
     cells.sort_by(|a, b| a.ratio.total_cmp(&b.ratio));
     let mid = cells.len() / 2;
     let mut c = cells.swap_remove(mid);
     c.cpu_us = cpus[cpus.len() / 2];
     c.broker_us = brokers[brokers.len() / 2];
     c.rss_mib = rss;
+    c.instructions = instructions.get(instructions.len() / 2).copied();
     c
 }

@@ -457,8 +457,9 @@ pub fn unroutable_dropped() {
 /// like the family (a script that puts ids in subjects would otherwise grow it forever).
 #[derive(Default)]
 pub struct PublishedCounters {
-    /// FxHash: SipHash of the two names was ~9 % of the publishing stage's own work when the
-    /// messages of a transaction go to many subjects (the last-subject shortcut misses).
+    /// FxHash: with SipHash, looking up subject and table cost 860 instructions a message
+    /// (callgrind, messages spread over 16 subjects, where the last-subject shortcut misses);
+    /// now about 390.
     by_subject: FxHashMap<Arc<str>, FxHashMap<String, Counter>>,
     entries: usize,
     /// The last subject and table and their counter: runs of messages to one subject are the

@@ -117,7 +117,7 @@ impl UserData for EventData {
 /// for nearly every event (the default script reads all three), so they come from here. Column
 /// names are the keys of every `data`/`dataOld` table: pushing a kept string is a copy of a
 /// reference, where `lua_pushlstring` hashes the name and looks it up in Lua's string table
-/// (~390 instructions a column in the drain profile).
+/// (about 90 instructions saved a column, callgrind over the drain's 30-column `wide` rows).
 #[derive(Default)]
 pub(crate) struct NameStrings {
     /// By the address of the shared name (the `Arc` kept here keeps the address from being

@@ -226,7 +226,7 @@ pub(crate) fn to_lua(lua: &Lua, value: &Value, in_array: bool) -> mlua::Result<L
         Value::Int(i) => LuaValue::Integer(*i),
         Value::Float(f) => LuaValue::Number(*f),
         Value::Text(t) => LuaValue::String(lua.create_string(t)?),
-        Value::Json(raw) => json_to_lua(lua, raw.get())?,
+        Value::Json(raw) => json_to_lua(lua, serde_json::de::StrRead::new(raw.get()), "json value")?,
         Value::Array(items) => {
             let table = lua.create_table_with_capacity(items.len(), 0)?;
             // Marked as an array, so that json.encode and returned payloads keep an empty
@@ -240,30 +240,47 @@ pub(crate) fn to_lua(lua: &Lua, value: &Value, in_array: bool) -> mlua::Result<L
     })
 }
 
-/// A json/jsonb value as Lua, built while it is parsed.
+/// A JSON document as Lua, built while it is parsed: json/jsonb column values and `json.decode`
+/// (`what` names the caller in a parse error, e.g. `json value: EOF while parsing…`).
 ///
-/// The result is what `lua.to_value(&serde_json::Value)` made before (and what `json.decode`
-/// makes): objects are tables, arrays are tables with the array metatable, `null` is
-/// `json.null`, integers that fit 64 bits are integers, other numbers floats; each table is
-/// made with the same size and filled in the same order, so `pairs` visits keys as it did
-/// (a `json` value that repeats a key may differ in that order; its last value wins as before).
-/// Without the `serde_json::Value` in between (a tree of allocations and an ordered map hashing
-/// every key) the conversion takes 8 % fewer instructions — measured with callgrind on the
-/// drain's `wide` workload, where the two 1 kB jsonb columns are 40 % of all the work with a
-/// user script; the rest is Lua's own cost (interning each key, one `rawset` per field).
-pub(crate) fn json_to_lua(lua: &Lua, text: &str) -> mlua::Result<LuaValue> {
+/// The result is what `lua.to_value(&serde_json::Value)` made before: objects are tables,
+/// arrays are tables with the array metatable, `null` is `json.null`, integers that fit 64 bits
+/// are integers, other numbers floats; each table is made with the same size and filled in the
+/// same order, so `pairs` visits keys as it did (a document that repeats a key may differ in
+/// that order; its last value wins as before). A Lua error while building (out of memory under
+/// `scripts.memoryLimit`, for `json.decode`) is returned as Lua raised it. Without the
+/// `serde_json::Value` in between (a tree of allocations and an ordered map hashing every key)
+/// the conversion takes 8 % fewer instructions — measured with callgrind on the drain's `wide`
+/// workload, where the two 1 kB jsonb columns are 40 % of all the work with a user script; the
+/// rest is Lua's own cost (interning each key, one `rawset` per field).
+pub(crate) fn json_to_lua<'de, R: serde_json::de::Read<'de>>(lua: &Lua, text: R, what: &str) -> mlua::Result<LuaValue> {
     use serde::de::DeserializeSeed;
-    let mut parser = serde_json::Deserializer::from_str(text);
-    let value = LuaSeed(lua)
+    let failed = std::cell::Cell::new(None);
+    let mut parser = serde_json::Deserializer::new(text);
+    let parsed = LuaSeed { lua, failed: &failed }
         .deserialize(&mut parser)
-        .and_then(|value| parser.end().map(|()| value))
-        .map_err(|e| mlua::Error::RuntimeError(format!("json value: {e}")))?;
-    Ok(value)
+        .and_then(|value| parser.end().map(|()| value));
+    match (parsed, failed.take()) {
+        (_, Some(lua_error)) => Err(lua_error),
+        (Ok(value), None) => Ok(value),
+        (Err(e), None) => Err(mlua::Error::RuntimeError(format!("{what}: {e}"))),
+    }
 }
 
-/// Builds one JSON value as Lua while serde_json parses it.
+/// Builds one JSON value as Lua while serde_json parses it; a Lua error is kept in `failed`
+/// (serde gets a stand-in), so that it reaches the caller unchanged.
 #[derive(Clone, Copy)]
-struct LuaSeed<'a>(&'a Lua);
+struct LuaSeed<'a> {
+    lua: &'a Lua,
+    failed: &'a std::cell::Cell<Option<mlua::Error>>,
+}
+
+impl LuaSeed<'_> {
+    fn fail<E: serde::de::Error>(self, e: mlua::Error) -> E {
+        self.failed.set(Some(e));
+        E::custom("Lua error")
+    }
+}
 
 impl<'de> serde::de::DeserializeSeed<'de> for LuaSeed<'_> {
     type Value = LuaValue;
@@ -298,51 +315,50 @@ impl<'de> serde::de::Visitor<'de> for LuaSeed<'_> {
     }
 
     fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<LuaValue, E> {
-        self.0.create_string(v).map(LuaValue::String).map_err(E::custom)
+        self.lua
+            .create_string(v)
+            .map(LuaValue::String)
+            .map_err(|e| self.fail(e))
     }
 
     fn visit_unit<E>(self) -> Result<LuaValue, E> {
-        Ok(self.0.null())
+        Ok(self.lua.null())
     }
 
     fn visit_none<E>(self) -> Result<LuaValue, E> {
-        Ok(self.0.null())
+        Ok(self.lua.null())
     }
 
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<LuaValue, A::Error> {
-        use serde::de::Error;
         let mut items = Vec::new();
         while let Some(item) = seq.next_element_seed(self)? {
             items.push(item);
         }
-        let lua = self.0;
-        let table = lua
-            .create_table_with_capacity(items.len(), 0)
-            .map_err(A::Error::custom)?;
-        table
-            .set_metatable(Some(lua.array_metatable()))
-            .map_err(A::Error::custom)?;
-        for (i, item) in items.into_iter().enumerate() {
-            table.raw_set(i + 1, item).map_err(A::Error::custom)?;
-        }
-        Ok(LuaValue::Table(table))
+        let build = || {
+            let table = self.lua.create_table_with_capacity(items.len(), 0)?;
+            table.set_metatable(Some(self.lua.array_metatable()))?;
+            for (i, item) in items.into_iter().enumerate() {
+                table.raw_set(i + 1, item)?;
+            }
+            Ok(LuaValue::Table(table))
+        };
+        build().map_err(|e| self.fail(e))
     }
 
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<LuaValue, A::Error> {
-        use serde::de::Error;
         let mut pairs = Vec::new();
         while let Some(key) = map.next_key_seed(self)? {
             let value = map.next_value_seed(self)?;
             pairs.push((key, value));
         }
-        let table = self
-            .0
-            .create_table_with_capacity(0, pairs.len())
-            .map_err(A::Error::custom)?;
-        for (key, value) in pairs {
-            table.raw_set(key, value).map_err(A::Error::custom)?;
-        }
-        Ok(LuaValue::Table(table))
+        let build = || {
+            let table = self.lua.create_table_with_capacity(0, pairs.len())?;
+            for (key, value) in pairs {
+                table.raw_set(key, value)?;
+            }
+            Ok(LuaValue::Table(table))
+        };
+        build().map_err(|e| self.fail(e))
     }
 }
 
@@ -394,7 +410,7 @@ mod tests {
         for doc in docs {
             let parsed: serde_json::Value = serde_json::from_str(doc).expect("json");
             let before = lua.to_value(&parsed).expect("to_value");
-            let now = json_to_lua(&lua, doc).expect("json_to_lua");
+            let now = json_to_lua(&lua, serde_json::de::StrRead::new(doc), "json value").expect("json_to_lua");
             same(&before, &now, doc);
         }
         // A wide object: the hash part's layout decides the order `pairs` visits keys in.
@@ -408,7 +424,7 @@ mod tests {
         let parsed: serde_json::Value = serde_json::from_str(&wide).expect("json");
         same(
             &lua.to_value(&parsed).expect("to_value"),
-            &json_to_lua(&lua, &wide).expect("json"),
+            &json_to_lua(&lua, serde_json::de::StrRead::new(&wide), "json value").expect("json"),
             "wide",
         );
     }
@@ -417,12 +433,12 @@ mod tests {
     fn bad_json_is_an_error_not_a_panic() {
         let lua = Lua::new();
         for doc in ["", "{", "[1,", "{\"a\" 1}", "1 2", "nul"] {
-            let e = json_to_lua(&lua, doc).expect_err(doc);
+            let e = json_to_lua(&lua, serde_json::de::StrRead::new(doc), "json value").expect_err(doc);
             assert!(e.to_string().contains("json value:"), "{e}");
         }
         let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
         assert!(
-            json_to_lua(&lua, &deep).is_err(),
+            json_to_lua(&lua, serde_json::de::StrRead::new(&deep), "json value").is_err(),
             "nesting deeper than serde_json's limit"
         );
     }

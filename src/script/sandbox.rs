@@ -165,9 +165,7 @@ fn json_table(lua: &Lua) -> mlua::Result<Table> {
     json.set(
         "decode",
         lua.create_function(|lua, text: mlua::LuaString| {
-            let parsed: serde_json::Value = serde_json::from_slice(&text.as_bytes())
-                .map_err(|e| mlua::Error::RuntimeError(format!("json.decode: {e}")))?;
-            lua.to_value(&parsed)
+            super::handoff::json_to_lua(lua, serde_json::de::SliceRead::new(&text.as_bytes()), "json.decode")
         })?,
     )?;
     json.set("null", lua.null())?;

@@ -374,3 +374,25 @@ fn rows_of_one_relation_read_the_same_with_kept_column_names() {
         assert_eq!(subjects(&r, e), ["x.9007199254740993:eu:2.none"]);
     }
 }
+
+/// `json.decode` builds what a json column builds (integers exact, floats, `json.null`, arrays
+/// with a length); a parse error names `json.decode`; decoding past `scripts.memoryLimit` is the
+/// memory error, not a hang or a crash.
+#[test]
+fn json_decode_converts_like_json_columns_and_stays_under_the_memory_cap() {
+    let r = custom(
+        r#"function route(e) local v = json.decode('{"a": [1, 2.5, null], "b": 9007199254740993}') return 'x.' .. math.type(v.a[1]) .. '.' .. math.type(v.a[2]) .. '.' .. tostring(v.a[3] == json.null) .. '.' .. #v.a .. '.' .. v.b end"#,
+    );
+    assert_eq!(
+        subjects(&r, &event("s", "t", "INSERT")),
+        ["x.integer.float.true.3.9007199254740993"]
+    );
+    let r = custom(
+        r#"function route(e) local ok, err = pcall(json.decode, '{"a": ') return 'x.' .. tostring(ok) .. (string.find(tostring(err), 'json.decode: EOF while parsing', 1, true) and '.named' or '.other') end"#,
+    );
+    assert_eq!(subjects(&r, &event("s", "t", "INSERT")), ["x.false.named"]);
+    let r = custom(
+        r#"function route(e) local s = '[' .. string.rep('{"k": [1, 2]},', 100000) .. '1]' return 'x.' .. #json.decode(s) end"#,
+    );
+    assert_eq!(r.route(&event("s", "t", "INSERT")), Err(RouteError::Memory));
+}

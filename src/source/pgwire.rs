@@ -272,28 +272,25 @@ mod tests {
     #[test]
     fn a_missing_slot_or_publication_is_named_as_elsewhere() {
         let config = names();
-        let slot = classify(
-            PgWireError::Server(r#"replication slot "orders_slot" does not exist (SQLSTATE 42704)"#.into()),
-            &config,
-        );
-        assert_eq!(slot.kind(), Kind::SlotLost);
-        assert_eq!(
-            slot.to_string(),
-            super::super::inspect::slot_lost("orders_slot").to_string()
-        );
-        assert!(
-            slot.to_string().contains("disappeared while wal-listener was running"),
-            "{slot}"
-        );
-        let publication = classify(
-            PgWireError::Server(r#"publication "orders_pub" does not exist (SQLSTATE 42704)"#.into()),
-            &config,
-        );
-        assert_eq!(publication.kind(), Kind::SlotLost);
-        assert_eq!(
-            publication.to_string(),
-            super::super::inspect::publication_lost("orders_pub").to_string()
-        );
+        let missing = [
+            (
+                r#"replication slot "orders_slot" does not exist (SQLSTATE 42704)"#,
+                super::super::inspect::slot_lost("orders_slot"),
+            ),
+            (
+                r#"publication "orders_pub" does not exist (SQLSTATE 42704)"#,
+                super::super::inspect::publication_lost("orders_pub"),
+            ),
+        ];
+        for (server, expected) in missing {
+            let got = classify(PgWireError::Server(server.into()), &config);
+            assert_eq!(got.kind(), Kind::SlotLost, "{server}");
+            assert_eq!(got.to_string(), expected.to_string());
+            assert!(
+                got.to_string().contains("disappeared while wal-listener was running"),
+                "{got}"
+            );
+        }
         let refused = classify(
             PgWireError::Server("permission denied to start WAL sender (SQLSTATE 42501)".into()),
             &config,
